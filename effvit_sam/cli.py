@@ -1,0 +1,52 @@
+"""The ``effvit-sam`` console command: a thin dispatcher to each area's own entry point.
+
+Each subcommand lives next to the code it drives and takes its own ``argv``; importing them
+lazily keeps ``effvit-sam --help`` fast and lets extras (gradio, webdataset, onnx) stay optional.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "segment": ("effvit_sam.segment_cli", "main", "segment an image from points/boxes or everything"),
+    "make-shards": ("distill.synthetic_cli", "make_shards_main",
+                    "write synthetic scenes as SA-1B tar shards"),
+    "make-eval-set": ("distill.synthetic_cli", "make_eval_set_main",
+                      "write a synthetic COCO/LVIS-format validation set"),
+    "cache-teacher": ("distill.cli", "cache_teacher_main", "cache teacher embeddings as shards"),
+    "distill": ("distill.cli", "distill_main", "phase 1: distil the encoder from a teacher"),
+    "finetune": ("distill.cli", "finetune_main", "phase 2: fine-tune the whole model end to end"),
+    "eval": ("eval.cli", "main", "zero-shot COCO/LVIS evaluation (box, detector boxes, clicks)"),
+    "demo": ("demo.cli", "main", "interactive Gradio demo"),
+    "export-onnx": ("effvit_sam.export_onnx", "main", "export encoder and decoder to ONNX"),
+    "bench": ("effvit_sam.bench", "main", "speed and memory benchmark, reported as ratios"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: effvit-sam COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run 'effvit-sam COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"effvit-sam: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    module, func, _ = COMMANDS[name]
+    result = getattr(importlib.import_module(module), func)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

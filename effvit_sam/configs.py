@@ -1,0 +1,143 @@
+"""Variants are data: one frozen config per EfficientViT-SAM model, in one registry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+BLOCK_TYPES = ("res", "fmb", "mb", "att")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of an EfficientViT-L image encoder (backbone + SAM neck).
+
+    Stage 0 is the stem (a stride-2 conv followed by ``depths[0]`` residual blocks); every later
+    stage starts with a stride-2 downsampling block followed by ``depths[i]`` blocks of
+    ``blocks[i]``.
+    """
+
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    blocks: tuple[str, ...]
+    expands: tuple[int, ...]
+    fewer_norm: tuple[bool, ...]
+    attention_scales: tuple[int, ...]
+    qkv_dim: int = 32
+    neck_stages: tuple[int, ...] = (4, 3, 2)
+    neck_width: int = 256
+    neck_depth: int = 4
+    neck_expand: int = 1
+    out_dim: int = 256
+    input_size: int = 512
+    embed_size: int = 64
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        n = len(self.widths)
+        for name in ("depths", "blocks", "expands", "fewer_norm"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, widths has {n}")
+        unknown = set(self.blocks) - set(BLOCK_TYPES)
+        if unknown:
+            raise ValueError(f"unknown block types {sorted(unknown)}; valid: {BLOCK_TYPES}")
+        if self.blocks[0] != "res":
+            raise ValueError("stage 0 (the stem) must use 'res' blocks")
+        if any(s <= 0 or s >= n for s in self.neck_stages):
+            raise ValueError(f"neck_stages {self.neck_stages} must name stages 1..{n - 1}")
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """A whole EfficientViT-SAM model: encoder plus SAM's prompt encoder and mask decoder."""
+
+    name: str
+    encoder: EncoderConfig
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+    transformer_norm_eps: float = 1e-6
+    hub_file: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SamConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown SamConfig keys {sorted(unknown)}")
+        enc = dict(data["encoder"])
+        enc_known = {f.name for f in fields(EncoderConfig)}
+        if set(enc) - enc_known:
+            raise ValueError(f"unknown EncoderConfig keys {sorted(set(enc) - enc_known)}")
+        for key, value in enc.items():
+            if isinstance(value, list):
+                enc[key] = tuple(value)
+        return cls(**{**data, "encoder": EncoderConfig(**enc)})
+
+
+_L_WIDTHS = (32, 64, 128, 256, 512)
+_L_BLOCKS = ("res", "fmb", "fmb", "mb", "att")
+_L_EXPANDS = (1, 4, 4, 4, 6)
+_L_FEWER = (False, False, False, True, True)
+
+_XL_WIDTHS = (32, 64, 128, 256, 512, 1024)
+_XL_BLOCKS = ("res", "fmb", "fmb", "fmb", "att", "att")
+_XL_EXPANDS = (1, 4, 4, 4, 4, 6)
+_XL_FEWER = (False, False, False, False, True, True)
+
+
+def _l(depths: tuple[int, ...], neck_depth: int) -> EncoderConfig:
+    return EncoderConfig(widths=_L_WIDTHS, depths=depths, blocks=_L_BLOCKS, expands=_L_EXPANDS,
+                         fewer_norm=_L_FEWER, attention_scales=(5,), neck_stages=(4, 3, 2),
+                         neck_depth=neck_depth, neck_expand=1, input_size=512)
+
+
+def _xl(depths: tuple[int, ...], neck_depth: int) -> EncoderConfig:
+    return EncoderConfig(widths=_XL_WIDTHS, depths=depths, blocks=_XL_BLOCKS, expands=_XL_EXPANDS,
+                         fewer_norm=_XL_FEWER, attention_scales=(3,), neck_stages=(5, 4, 3),
+                         neck_depth=neck_depth, neck_expand=4, input_size=1024)
+
+
+MODEL_CONFIGS: dict[str, SamConfig] = {
+    "efficientvit-sam-l0": SamConfig("efficientvit-sam-l0", _l((1, 1, 1, 4, 4), 4),
+                                     hub_file="efficientvit_sam_l0.pt"),
+    "efficientvit-sam-l1": SamConfig("efficientvit-sam-l1", _l((1, 1, 1, 6, 6), 8),
+                                     hub_file="efficientvit_sam_l1.pt"),
+    "efficientvit-sam-l2": SamConfig("efficientvit-sam-l2", _l((1, 2, 2, 8, 8), 12),
+                                     hub_file="efficientvit_sam_l2.pt"),
+    "efficientvit-sam-xl0": SamConfig("efficientvit-sam-xl0", _xl((0, 1, 1, 2, 3, 3), 6),
+                                      hub_file="efficientvit_sam_xl0.pt"),
+    "efficientvit-sam-xl1": SamConfig("efficientvit-sam-xl1", _xl((1, 2, 2, 4, 6, 6), 12),
+                                      hub_file="efficientvit_sam_xl1.pt"),
+    # A few-MFLOP model of the same structure for fast tests and smoke training runs. It is not
+    # an official variant: no checkpoint exists for it.
+    "efficientvit-sam-tiny": SamConfig(
+        "efficientvit-sam-tiny",
+        EncoderConfig(widths=(8, 16, 24, 32, 48), depths=(1, 1, 1, 1, 1), blocks=_L_BLOCKS,
+                      expands=(1, 2, 2, 2, 2), fewer_norm=_L_FEWER, attention_scales=(5,),
+                      qkv_dim=8, neck_stages=(4, 3, 2), neck_width=32, neck_depth=1,
+                      out_dim=32, input_size=256, embed_size=64),
+        prompt_embed_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2,
+        iou_head_hidden_dim=32, mask_in_chans=4,
+    ),
+}
+
+OFFICIAL_VARIANTS = tuple(name for name, cfg in MODEL_CONFIGS.items() if cfg.hub_file)
+HUB_REPO_ID = "mit-han-lab/efficientvit-sam"
+
+
+def resolve_name(name: str) -> str:
+    """Full registry name for ``name`` (``"l0"`` and ``"efficientvit-sam-l0"`` both work)."""
+    key = name.lower().replace("_", "-")
+    if key in MODEL_CONFIGS:
+        return key
+    if f"efficientvit-sam-{key}" in MODEL_CONFIGS:
+        return f"efficientvit-sam-{key}"
+    raise KeyError(f"unknown model {name!r}; valid names: {', '.join(MODEL_CONFIGS)}")

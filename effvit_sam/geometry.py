@@ -1,0 +1,136 @@
+"""The one geometry module: every coordinate frame and resize in the package lives here.
+
+Frames used throughout the package:
+
+* **original frame** - pixels of the image the user gave, ``(x, y)``, ``H x W``.
+* **prompt frame** - SAM's 1024 frame: the image resized so its long side is
+  :data:`PROMPT_FRAME` (1024) pixels. Points, boxes and the mask decoder's output live here for
+  *every* variant, also the L models whose encoder sees 512 pixels.
+* **encoder frame** - the image resized so its long side is the encoder's input size
+  (512 for L models, 1024 for XL models), normalised and zero-padded bottom/right to a square.
+
+The model, predictor, training, evaluation, demo and export all import these functions, so the
+arithmetic exists once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+PROMPT_FRAME = 1024
+"""Long side, in pixels, of SAM's prompt frame (points, boxes, mask post-processing)."""
+
+LOW_RES_MASK_SIZE = 256
+"""Side of the mask decoder's low-resolution logits."""
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Size ``(h, w)`` of an ``height x width`` image resized so its long side is ``long_side``."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize an ``H x W x 3`` uint8 image so its long side is ``long_side`` (PIL bilinear).
+
+    PIL's bilinear filter is what the official code uses (it antialiases when shrinking), so the
+    encoder sees exactly the official pixels.
+    """
+    h, w = image.shape[:2]
+    new_h, new_w = preprocess_shape(h, w, long_side)
+    if (new_h, new_w) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
+def normalize_and_pad(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalise a ``B x 3 x h x w`` float image in [0, 1] and zero-pad it to ``size x size``.
+
+    Padding goes at the bottom and right, after normalisation (so padded pixels are 0).
+    """
+    mean = torch.tensor(PIXEL_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1) / 255
+    std = torch.tensor(PIXEL_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1) / 255
+    h, w = image.shape[-2:]
+    if h > size or w > size:
+        raise ValueError(f"image of {h}x{w} does not fit the {size}x{size} encoder input")
+    x = (image - mean) / std
+    return F.pad(x, (0, size - w, 0, size - h))
+
+
+def preprocess_image(image: np.ndarray, encoder_size: int) -> torch.Tensor:
+    """Turn an ``H x W x 3`` uint8 RGB image into the ``1 x 3 x S x S`` encoder input (CPU)."""
+    resized = resize_longest_side(image, encoder_size)
+    x = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1).float().div(255)
+    return normalize_and_pad(x.unsqueeze(0), encoder_size)
+
+
+def preprocess_batch(images: torch.Tensor, encoder_size: int) -> torch.Tensor:
+    """Tensor version for training: ``B x 3 x H x W`` uint8 (one common size) to ``B x 3 x S x S``.
+
+    Uses torch's antialiased bilinear resize, which matches PIL's to about 1/255.
+    """
+    h, w = images.shape[-2:]
+    new_h, new_w = preprocess_shape(h, w, encoder_size)
+    x = images.float().div(255)
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        x = x.clamp(0, 1)
+    return normalize_and_pad(x, encoder_size)
+
+
+def apply_coords(coords: np.ndarray | torch.Tensor, original_size: tuple[int, int],
+                 long_side: int = PROMPT_FRAME) -> np.ndarray | torch.Tensor:
+    """Map ``... x 2`` points ``(x, y)`` from the original frame to the prompt frame."""
+    old_h, old_w = original_size
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
+    scale = (new_w / old_w, new_h / old_h)
+    if isinstance(coords, torch.Tensor):
+        return coords.float() * torch.tensor(scale, dtype=torch.float32, device=coords.device)
+    return np.asarray(coords, dtype=np.float64) * np.asarray(scale)
+
+
+def apply_boxes(boxes: np.ndarray | torch.Tensor, original_size: tuple[int, int],
+                long_side: int = PROMPT_FRAME) -> np.ndarray | torch.Tensor:
+    """Map ``... x 4`` XYXY boxes from the original frame to the prompt frame."""
+    shape = boxes.shape
+    return apply_coords(boxes.reshape(-1, 2, 2), original_size, long_side).reshape(shape)
+
+
+def postprocess_masks(masks: torch.Tensor, input_size: tuple[int, int],
+                      original_size: tuple[int, int], frame: int = PROMPT_FRAME) -> torch.Tensor:
+    """Upscale ``B x C x 256 x 256`` decoder logits to the original ``H x W`` frame.
+
+    ``input_size`` is the image's size in the prompt frame (see :func:`preprocess_shape`). The
+    logits are upscaled to the whole ``frame x frame`` square, cropped to the image and resized
+    to the original size, as SAM does.
+    """
+    masks = F.interpolate(masks, (frame, frame), mode="bilinear", align_corners=False)
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+
+def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
+    """``N x H x W`` boolean masks to ``N x 4`` XYXY boxes (inclusive pixel extents; 0 if empty)."""
+    if masks.numel() == 0:
+        return torch.zeros(*masks.shape[:-2], 4, device=masks.device)
+    h, w = masks.shape[-2:]
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    rows = masks.any(-1)
+    cols = masks.any(-2)
+    big = max(h, w)
+    y0 = torch.where(rows, ys, big).amin(-1)
+    y1 = torch.where(rows, ys, -1).amax(-1)
+    x0 = torch.where(cols, xs, big).amin(-1)
+    x1 = torch.where(cols, xs, -1).amax(-1)
+    boxes = torch.stack([x0, y0, x1, y1], -1)
+    empty = ~rows.any(-1)
+    return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
