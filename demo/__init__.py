@@ -1,0 +1,1 @@
+"""Interactive Gradio demo of EfficientViT-SAM."""

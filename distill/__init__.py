@@ -1,0 +1,1 @@
+"""Two-phase EfficientViT-SAM distillation: encoder distillation, then end-to-end fine-tuning."""
