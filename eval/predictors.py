@@ -1,0 +1,91 @@
+"""The predictor protocol the evaluators run against, and its implementation for our models.
+
+The runner needs only two calls, so any model plugs in (the oracle and known-error predictors
+of the tests, a segment_anything ``Sam`` behind an adapter, ...):
+
+* ``set_image(image)`` - ``H x W x 3`` uint8 RGB; the image is encoded once;
+* ``predict_batch(boxes=..., points=..., labels=..., multimask_output=...)`` - K prompts of
+  that image at once, all in original-image pixels: ``boxes`` ``K x 4`` XYXY, or ``points``
+  ``K x N x 2`` (x, y) with ``labels`` ``K x N`` (1 foreground, 0 background, -1 padding).
+  Returns ``(masks K x M x H x W bool, scores K x M)``: M = 3 with ``multimask_output``, else 1;
+  scores are the model's predicted IoUs.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from effvit_sam import geometry
+from effvit_sam.predictor import EfficientViTSamPredictor
+
+
+class BatchPredictor(Protocol):
+    def set_image(self, image: np.ndarray) -> None: ...
+
+    def predict_batch(self, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
+                      labels: np.ndarray | None = None,
+                      multimask_output: bool) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class SamBatchPredictor:
+    """:class:`BatchPredictor` over :class:`effvit_sam.predictor.EfficientViTSamPredictor`
+    (any EfficientViT-SAM variant, or a ``segment_anything`` ``Sam``).
+
+    Prompts are mapped to the prompt frame through :mod:`effvit_sam.geometry` and decoded with
+    ``predict_torch``, which (unlike ``predict``) takes SAM's padding label -1. They go to the
+    decoder ``max_prompts`` at a time: the two-way transformer's activations grow with the
+    number of prompts, and a crowded LVIS image has hundreds.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
+                 max_prompts: int = 64) -> None:
+        if max_prompts < 1:
+            raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
+        self.predictor = EfficientViTSamPredictor(model, device=device)
+        self.max_prompts = max_prompts
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.predictor.set_image(image)
+
+    def predict_batch(self, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
+                      labels: np.ndarray | None = None,
+                      multimask_output: bool) -> tuple[np.ndarray, np.ndarray]:
+        if (points is None) != (labels is None):
+            raise ValueError("points and labels must be given together")
+        if (boxes is None) == (points is None):
+            raise ValueError("give either boxes or points")
+        size = self.predictor.original_size
+        frame = self.predictor.prompt_frame
+        device = self.predictor.device
+        box_t = point_t = label_t = None
+        if boxes is not None:
+            box_t = torch.as_tensor(geometry.apply_boxes(np.asarray(boxes, np.float64), size,
+                                                         frame), dtype=torch.float32,
+                                    device=device)
+        if points is not None:
+            point_t = torch.as_tensor(geometry.apply_coords(np.asarray(points, np.float64), size,
+                                                            frame), dtype=torch.float32,
+                                      device=device)
+            label_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
+        count = len(box_t) if box_t is not None else len(point_t)
+        if count == 0:
+            raise ValueError("no prompts given")
+        masks, scores = [], []
+        for start in range(0, count, self.max_prompts):
+            part = slice(start, start + self.max_prompts)
+            m, s, _ = self.predictor.predict_torch(
+                None if point_t is None else point_t[part],
+                None if label_t is None else label_t[part],
+                boxes=None if box_t is None else box_t[part],
+                multimask_output=multimask_output)
+            masks.append(m.cpu().numpy())
+            scores.append(s.float().cpu().numpy())
+        return np.concatenate(masks), np.concatenate(scores)
+
+
+def best_masks(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per prompt, the mask with the highest predicted IoU: ``K x M x H x W`` -> ``K x H x W``."""
+    return masks[np.arange(len(masks)), scores.argmax(axis=1)]

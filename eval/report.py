@@ -1,0 +1,55 @@
+"""Reporting: a printed table, the JSON record of a run (written atomically), a README row."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from effvit_sam.checkpoint import atomic_write
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    """Hex SHA-256 of a file (the checkpoint a run used), ``None`` without one."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def format_table(settings: dict, summary: dict) -> str:
+    """A plain-text table of every metric, headed by what was evaluated."""
+    head = (f"{settings['model']} | {settings['dataset']} | {settings['mode']} | "
+            f"{summary['num_images']} images")
+    if "num_instances" in summary:
+        head += f" | {summary['num_instances']['all']} instances"
+    if "num_detections" in summary:
+        head += f" | {summary['num_detections']} detections"
+    width = max(len(k) for k in summary["metrics"])
+    lines = [head, "-" * len(head)]
+    lines += [f"{k:<{width}}  {_fmt(v):>6}" for k, v in summary["metrics"].items()]
+    if summary["skipped_prompts"] or summary["failed_images"]:
+        lines.append(f"skipped {summary['skipped_prompts']} degenerate prompts, "
+                     f"{len(summary['failed_images'])} unreadable images")
+    return "\n".join(lines)
+
+
+def markdown_row(settings: dict, summary: dict) -> str:
+    """``| model | dataset | mode | metric=value ... |`` for the README's results table."""
+    metrics = " · ".join(f"{k} {_fmt(v)}" for k, v in summary["metrics"].items())
+    return f"| {settings['model']} | {settings['dataset']} | {settings['mode']} | {metrics} |"
+
+
+def write_report(path: str | Path, settings: dict, summary: dict) -> dict:
+    """Write ``{"settings": ..., **summary}`` as JSON, atomically; returns what was written."""
+    payload = {"settings": settings, **summary, "markdown_row": markdown_row(settings, summary)}
+    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return payload

@@ -1,0 +1,207 @@
+"""The evaluation loop: per image, every prompt in batched decoder calls; images split over
+processes; per-image records gathered on the main process and scored there.
+
+Modes:
+
+* ``box`` - each ground-truth instance prompted with its own box, multimask output, the mask
+  with the highest predicted IoU kept; mIoU overall and by size.
+* ``box-from-detector`` - a detector's boxes prompt the model the same way; the masks, with the
+  detector's scores and categories, are scored by COCOeval / LVISEval (mask AP).
+* ``point`` - simulated clicks (:mod:`eval.clicks`): round 1 is the first click with multimask
+  output (one click is ambiguous; the best-scored mask is kept), rounds 2..N give all clicks so
+  far with single-mask output, as SAM recommends for unambiguous prompts. The previous round's
+  low-res logits are *not* fed back as ``mask_input``: the official EfficientViT-SAM figures
+  are measured without it, and it ties the result to the decoder's own mistakes.
+
+Crowd annotations are skipped in the mIoU modes (they are not single objects); COCOeval handles
+them itself in ``box-from-detector``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from .clicks import Click, clicks_to_arrays, first_click, next_click
+from .coco_metrics import LVIS_MAX_DETS, coco_segm_ap, lvis_segm_ap
+from .datasets import EvalDataset, Instance, load_detections, mask_to_rle, xywh_to_xyxy
+from .metrics import InstanceResult, mask_iou, miou_table, size_counts
+from .predictors import BatchPredictor, best_masks
+
+logger = logging.getLogger(__name__)
+
+MODES = ("box", "box-from-detector", "point")
+REPORTED_CLICKS = (1, 3, 5)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """What to evaluate. ``limit``: only the first N images (sorted ids), for quick runs."""
+
+    mode: str
+    num_clicks: int = 5
+    limit: int | None = None
+    detections: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.num_clicks < 1:
+            raise ValueError(f"num_clicks must be >= 1, got {self.num_clicks}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if (self.mode == "box-from-detector") != (self.detections is not None):
+            raise ValueError("a detections file is needed by, and only by, box-from-detector")
+
+
+@dataclass
+class ImageRecord:
+    """What one image contributed; these are what the processes gather."""
+
+    image_id: int
+    instances: list[InstanceResult] = field(default_factory=list)
+    detections: list[dict] = field(default_factory=list)
+    skipped: int = 0
+    failed: str | None = None
+
+
+def _usable(instances: list[Instance]) -> tuple[list[Instance], list[np.ndarray], int]:
+    """Instances with a non-empty mask and a box of positive size, their masks, and how many
+    were dropped (degenerate annotations would otherwise crash the click simulator)."""
+    kept, masks = [], []
+    for inst in instances:
+        x0, y0, x1, y1 = inst.box_xyxy
+        mask = inst.mask()
+        if x1 > x0 and y1 > y0 and mask.any():
+            kept.append(inst)
+            masks.append(mask)
+    return kept, masks, len(instances) - len(kept)
+
+
+def eval_image_boxes(predictor: BatchPredictor, image: np.ndarray, instances: list[Instance],
+                     gts: list[np.ndarray]) -> list[InstanceResult]:
+    """GT-box prompts for all instances of one image in one batched call."""
+    predictor.set_image(image)
+    boxes = np.stack([inst.box_xyxy for inst in instances])
+    masks, scores = predictor.predict_batch(boxes=boxes, multimask_output=True)
+    chosen = best_masks(masks, scores)
+    return [InstanceResult(inst.ann_id, inst.image_id, inst.size, (mask_iou(pred, gt),))
+            for inst, pred, gt in zip(instances, chosen, gts, strict=True)]
+
+
+def eval_image_clicks(predictor: BatchPredictor, image: np.ndarray, instances: list[Instance],
+                      gts: list[np.ndarray], *, num_clicks: int) -> list[InstanceResult]:
+    """``num_clicks`` rounds of simulated clicks; each round is one call for all instances."""
+    predictor.set_image(image)
+    clicks: list[list[Click | None]] = [[first_click(gt)] for gt in gts]
+    ious: list[list[float]] = [[] for _ in gts]
+    for round_ in range(num_clicks):
+        coords, labels = clicks_to_arrays(clicks)
+        masks, scores = predictor.predict_batch(points=coords, labels=labels,
+                                                multimask_output=round_ == 0)
+        chosen = best_masks(masks, scores)
+        for i, (pred, gt) in enumerate(zip(chosen, gts, strict=True)):
+            ious[i].append(mask_iou(pred, gt))
+            if round_ + 1 < num_clicks:
+                clicks[i].append(next_click(gt, pred))
+    return [InstanceResult(inst.ann_id, inst.image_id, inst.size, tuple(iou))
+            for inst, iou in zip(instances, ious, strict=True)]
+
+
+def eval_image_detections(predictor: BatchPredictor, image: np.ndarray, image_id: int,
+                          detections: list[dict]) -> tuple[list[dict], int]:
+    """Masks for a detector's boxes, as COCO results (RLE); also how many boxes were empty."""
+    boxes = [xywh_to_xyxy(d["bbox"]) for d in detections]
+    keep = [i for i, b in enumerate(boxes) if b[2] > b[0] and b[3] > b[1]]
+    if not keep:
+        return [], len(detections)
+    predictor.set_image(image)
+    masks, scores = predictor.predict_batch(boxes=np.stack([boxes[i] for i in keep]),
+                                            multimask_output=True)
+    results = [{"image_id": image_id, "category_id": int(detections[i]["category_id"]),
+                "segmentation": mask_to_rle(mask), "score": float(detections[i]["score"])}
+               for i, mask in zip(keep, best_masks(masks, scores), strict=True)]
+    return results, len(detections) - len(keep)
+
+
+def eval_image(task: EvalTask, predictor: BatchPredictor, dataset: EvalDataset, image_id: int,
+               detections: list[dict] | None) -> ImageRecord:
+    """Evaluate one image; an unreadable image is recorded as failed, not raised."""
+    record = ImageRecord(image_id)
+    try:
+        image = dataset.load_image(image_id)
+    except (OSError, ValueError) as err:
+        logger.warning("skipping image %d: %s", image_id, err)
+        record.failed = str(err)
+        return record
+    if task.mode == "box-from-detector":
+        record.detections, record.skipped = eval_image_detections(
+            predictor, image, image_id, detections or [])
+        return record
+    instances, gts, record.skipped = _usable(dataset.instances(image_id, skip_crowd=True))
+    if not instances:
+        return record
+    if task.mode == "box":
+        record.instances = eval_image_boxes(predictor, image, instances, gts)
+    else:
+        record.instances = eval_image_clicks(predictor, image, instances, gts,
+                                             num_clicks=task.num_clicks)
+    return record
+
+
+def run_evaluation(task: EvalTask, predictor: BatchPredictor, dataset: EvalDataset, *,
+                   process_index: int = 0, num_processes: int = 1,
+                   gather: Callable[[list], list] | None = None) -> dict | None:
+    """Evaluate this process's slice of the images; on the main process, score everything.
+
+    Process ``r`` of ``n`` takes images ``r, r + n, r + 2n, ...`` of the sorted (and limited)
+    id list. ``gather`` collects every process's records on the main process (accelerate's
+    ``gather_object``); it is the identity for one process. Returns the summary dict on the
+    main process (``process_index == 0``), ``None`` elsewhere.
+    """
+    image_ids = dataset.image_ids[: task.limit]
+    mine = image_ids[process_index::num_processes]
+    detections = None
+    if task.mode == "box-from-detector":
+        max_dets = LVIS_MAX_DETS if dataset.kind == "lvis" else None
+        detections = load_detections(task.detections, dataset, max_per_image=max_dets)
+    records = []
+    for image_id in tqdm(mine, desc=f"eval {task.mode}", disable=process_index != 0):
+        per_image = detections[image_id] if detections is not None else None
+        records.append(eval_image(task, predictor, dataset, image_id, per_image))
+    if gather is not None and num_processes > 1:
+        records = gather(records)
+    if process_index != 0:
+        return None
+    return summarize(task, dataset, records)
+
+
+def summarize(task: EvalTask, dataset: EvalDataset, records: list[ImageRecord]) -> dict:
+    """Metrics and counts from every image's record (any order)."""
+    records = sorted(records, key=lambda r: r.image_id)
+    failed = [r.image_id for r in records if r.failed]
+    if records and len(failed) == len(records):
+        raise RuntimeError(f"every image failed to load; first error: {records[0].failed}")
+    summary: dict = {"num_images": len(records) - len(failed), "failed_images": failed,
+                     "skipped_prompts": sum(r.skipped for r in records)}
+    if task.mode == "box-from-detector":
+        results = [d for r in records for d in r.detections]
+        scored_ids = [r.image_id for r in records if not r.failed]
+        summary["num_detections"] = len(results)
+        if dataset.kind == "lvis":
+            summary["metrics"] = lvis_segm_ap(dataset.annotations_path, results, scored_ids)
+        else:
+            summary["metrics"] = coco_segm_ap(dataset.data, results, scored_ids)
+        return summary
+    instances = [inst for r in records for inst in r.instances]
+    summary["num_instances"] = size_counts(instances)
+    if task.mode == "box":
+        summary["metrics"] = miou_table(instances)
+    else:
+        rounds = sorted({c for c in REPORTED_CLICKS if c <= task.num_clicks} | {task.num_clicks})
+        summary["metrics"] = miou_table(instances, rounds=rounds)
+    return summary
