@@ -134,3 +134,30 @@ def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
     boxes = torch.stack([x0, y0, x1, y1], -1)
     empty = ~rows.any(-1)
     return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
+
+
+def mask_to_low_res(masks: np.ndarray | torch.Tensor, frame: int = PROMPT_FRAME,
+                    low_res: int = LOW_RES_MASK_SIZE) -> torch.Tensor:
+    """Original-frame ``... x H x W`` bool masks to the decoder's ``... x 256 x 256`` frame.
+
+    The inverse of :func:`postprocess_masks`: each mask is resized to the prompt-frame input
+    size ``(h, w) = preprocess_shape(H, W, frame)`` (antialiased bilinear, i.e. the fraction of
+    each prompt-frame pixel the mask covers), zero-padded bottom/right to ``frame x frame``,
+    then area-averaged over ``frame / low_res`` pixel blocks and kept where the average is at
+    least 0.5. Returns a bool tensor on the input's device (CPU for numpy input).
+    """
+    masks = torch.as_tensor(masks)
+    if masks.ndim < 2:
+        raise ValueError(f"masks must be ... x H x W, got shape {tuple(masks.shape)}")
+    if frame % low_res:
+        raise ValueError(f"frame {frame} is not a multiple of the low-res size {low_res}")
+    lead, (height, width) = masks.shape[:-2], masks.shape[-2:]
+    h, w = preprocess_shape(height, width, frame)
+    x = masks.reshape(-1, 1, height, width).float()
+    if x.shape[0] == 0:
+        return torch.zeros(*lead, low_res, low_res, dtype=torch.bool, device=masks.device)
+    if (h, w) != (height, width):
+        x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)
+    x = F.pad(x, (0, frame - w, 0, frame - h))
+    x = F.avg_pool2d(x, frame // low_res)
+    return (x >= 0.5).reshape(*lead, low_res, low_res)
