@@ -1,0 +1,205 @@
+"""Phase 2: the whole model (encoder, prompt encoder, mask decoder) trained on SA-1B masks.
+
+Per image, its K masks are all prompted the same way this step: by their (jittered) boxes with
+probability ``prompts.box_prob``, otherwise by n ~ U{1..max_points} clicks inside each mask. A
+single click is ambiguous, so it gets the three multimask outputs and only the best is trained;
+boxes and several clicks get the single-mask output. Then ``iterative_rounds`` correction
+rounds: a click from the error region of the previous prediction is added and that prediction's
+low-res logits are fed back as ``mask_input``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from effvit_sam import build_sam
+from effvit_sam.checkpoint import WEIGHTS_NAME, CheckpointError, load_checkpoint, read_state_dict
+from effvit_sam.modeling import EfficientViTSam
+
+from .cache import expand_urls
+from .config import Config, PromptConfig
+from .engine import Task, train
+from .losses import mask_iou, sam_mask_loss
+from .prompts import correction_clicks, jitter_boxes, pixels_to_points, sample_points
+
+log = logging.getLogger(__name__)
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+
+
+def _state_dict_of(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path).expanduser()
+    return read_state_dict(path / WEIGHTS_NAME if path.is_dir() else path)
+
+
+def load_init(model: EfficientViTSam, path: str | Path) -> None:
+    """Load all weights from a ``save_pretrained`` dir, weights file or training checkpoint."""
+    load_checkpoint(model, _state_dict_of(path))
+
+
+def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:
+    """Copy ``prompt_encoder.*`` and ``mask_decoder.*`` from any SAM-family checkpoint
+    (SAM ViT-H's in the EfficientViT-SAM recipe), strictly for those two modules."""
+    state = _state_dict_of(path)
+    for prefix in DECODER_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        module = getattr(model, prefix.rstrip("."))
+        if not sub:
+            raise CheckpointError(f"{path} has no {prefix}* weights")
+        load_checkpoint(module, sub)
+
+
+class FinetuneStep(nn.Module):
+    """``forward(batch, generator) -> (loss, parts)`` for a batch of SA-1B samples.
+
+    batch: ``image`` B x 3 x S x S; per image ``masks`` K x 256 x 256 (bool, low-res prompt
+    frame), ``boxes`` K x 4 (XYXY prompt frame) and ``input_size`` (h, w) in the prompt frame.
+    """
+
+    def __init__(self, sam: EfficientViTSam, prompts: PromptConfig, *, mask_loss: str) -> None:
+        super().__init__()
+        self.sam = sam
+        self.prompts = prompts
+        self.mask_loss = mask_loss
+
+    def _first_prompt(self, masks: torch.Tensor, boxes: torch.Tensor, input_size, generator):
+        cfg = self.prompts
+        if float(torch.rand((), generator=generator)) < cfg.box_prob:
+            box = jitter_boxes(boxes, scale=cfg.box_jitter, max_px=cfg.max_box_jitter_px,
+                               generator=generator, input_size=tuple(input_size))
+            return None, box, False
+        num = int(torch.randint(1, cfg.max_points + 1, (), generator=generator))
+        return sample_points(masks, num, generator), None, num == 1
+
+    def _image_loss(self, embedding: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                    input_size, generator: torch.Generator):
+        points, box, multimask = self._first_prompt(masks, boxes, input_size, generator)
+        logits, iou = self.sam.decode(embedding, points=points, boxes=box, mask_input=None,
+                                      multimask_output=multimask)
+        loss, parts, best = sam_mask_loss(logits, iou, masks, kind=self.mask_loss)
+        rounds = [loss]
+        previous = logits[torch.arange(len(best)), best].detach()
+        for _ in range(self.prompts.iterative_rounds):
+            click, label = correction_clicks(previous, masks, generator)
+            points = (click, label) if points is None else (
+                torch.cat([points[0], click], 1), torch.cat([points[1], label], 1))
+            logits, iou = self.sam.decode(embedding, points=points, boxes=box,
+                                          mask_input=previous[:, None], multimask_output=False)
+            round_loss, round_parts, _ = sam_mask_loss(logits, iou, masks, kind=self.mask_loss)
+            rounds.append(round_loss)
+            parts["mask_last_round"] = round_parts["mask"]
+            previous = logits[:, 0].detach()
+        return torch.stack(rounds).mean(), parts
+
+    def forward(self, batch: dict, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        device = self.sam.device
+        embeddings = self.sam.encode(batch["image"].to(device))
+        losses, parts_all = [], []
+        for i in range(len(embeddings)):
+            masks = batch["masks"][i].to(device)
+            if len(masks) == 0:  # an image without annotations teaches nothing
+                continue
+            loss, parts = self._image_loss(embeddings[i: i + 1], masks,
+                                           batch["boxes"][i].to(device).float(),
+                                           batch["input_size"][i], generator)
+            losses.append(loss)
+            parts_all.append(parts)
+        if not losses:  # keep the graph connected so DDP's all-reduce still runs
+            return embeddings.sum() * 0.0, {}
+        keys = parts_all[0].keys()
+        parts = {k: torch.stack([p[k] for p in parts_all if k in p]).mean() for k in keys}
+        return torch.stack(losses).mean(), parts
+
+
+def make_phase2_loader(cfg: Config, *, encoder_size: int, epoch: int,
+                       shards: str | None = None) -> Iterable[dict]:
+    from .sa1b import collate_sa1b, sa1b_dataset
+
+    seed = cfg.train.seed + epoch
+    data = cfg.data
+    dataset = sa1b_dataset(expand_urls(shards or data.shards), encoder_size=encoder_size,
+                           max_masks=data.max_masks, seed=cfg.train.seed,
+                           resampled=data.resampled, epoch_length=data.epoch_length,
+                           shuffle_buffer=data.shuffle_buffer)
+    dataset.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=data.batch_size, num_workers=data.num_workers,
+                      collate_fn=collate_sa1b, drop_last=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def phase2_task(cfg: Config, accelerator) -> Task:
+    model = build_sam(cfg.model.name)
+    if cfg.model.init:
+        load_init(model, cfg.model.init)
+    if cfg.model.decoder_from:
+        load_decoder_from(model, cfg.model.decoder_from)
+    step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss)
+    return Task(model=model, step_module=step, find_unused_parameters=True,
+                make_loader=lambda epoch: make_phase2_loader(cfg, encoder_size=model.encoder_size,
+                                                             epoch=epoch))
+
+
+def run_phase2(cfg: Config, *, resume: str | None = None):
+    if cfg.phase != 2:
+        raise ValueError(f"this is a phase-{cfg.phase} config; run it with 'effvit-sam distill'")
+    return train(cfg, phase2_task, resume=resume)
+
+
+def center_click(masks: torch.Tensor) -> torch.Tensor:
+    """The low-res pixel deepest inside each ``K x H x W`` mask (largest distance to its
+    border), as flat indices ``K``: the usual 1-click evaluation prompt."""
+    from scipy.ndimage import distance_transform_edt
+
+    flat = []
+    for mask in masks.cpu().numpy().astype(bool):
+        dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        flat.append(int(dist.argmax()))
+    return torch.tensor(flat, device=masks.device)
+
+
+@torch.no_grad()
+def evaluate_miou(model: EfficientViTSam, batches: Iterable[dict], *,
+                  clicks: int = 1) -> dict[str, float]:
+    """mIoU over every mask of ``batches`` (SA-1B batches) with box and click prompts.
+
+    Scored at the low-res 256 x 256 prompt frame. ``box``: single-mask output. ``1-click``: the
+    centre click, multimask output, the mask with the highest predicted IoU (as SAM's
+    evaluation does). ``{n}-click`` (``clicks`` > 1): then n - 1 correction clicks from the
+    error region (first error pixel by a fixed generator), feeding back the previous logits.
+    """
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[torch.Tensor]] = {"box": [], "1-click": []}
+    generator = torch.Generator().manual_seed(0)
+    for batch in batches:
+        embeddings = model.encode(batch["image"].to(model.device))
+        for i in range(len(embeddings)):
+            masks = batch["masks"][i].to(model.device)
+            if len(masks) == 0:
+                continue
+            emb = embeddings[i: i + 1]
+            logits, _ = model.decode(emb, points=None, boxes=batch["boxes"][i].float().to(
+                model.device), mask_input=None, multimask_output=False)
+            scores["box"].append(mask_iou(logits[:, 0], masks))
+            coords = pixels_to_points(center_click(masks))[:, None]
+            labels = torch.ones(len(masks), 1, dtype=torch.int64, device=model.device)
+            logits, iou = model.decode(emb, points=(coords, labels), boxes=None,
+                                       mask_input=None, multimask_output=True)
+            previous = logits[torch.arange(len(masks)), iou.argmax(1)]
+            scores["1-click"].append(mask_iou(previous, masks))
+            for n in range(2, clicks + 1):
+                click, label = correction_clicks(previous, masks, generator)
+                coords, labels = torch.cat([coords, click], 1), torch.cat([labels, label], 1)
+                logits, _ = model.decode(emb, points=(coords, labels), boxes=None,
+                                         mask_input=previous[:, None], multimask_output=False)
+                previous = logits[:, 0]
+                scores.setdefault(f"{n}-click", []).append(mask_iou(previous, masks))
+    model.train(was_training)
+    return {k: float(torch.cat(v).mean()) for k, v in scores.items() if v}

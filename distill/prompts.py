@@ -1,0 +1,91 @@
+"""Phase-2 prompt sampling from ground-truth masks, always with a seeded ``torch.Generator``.
+
+Masks arrive in the low-resolution prompt frame (``K x 256 x 256``: SAM's padded 1024 frame
+divided by :data:`LOW_RES_STRIDE`). A low-res pixel ``(row, col)`` is the prompt-frame point at
+the centre of its 4x4 cell, ``(x, y) = (col * 4 + 2, row * 4 + 2)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effvit_sam.geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
+
+LOW_RES_STRIDE = PROMPT_FRAME // LOW_RES_MASK_SIZE
+
+
+def pixels_to_points(flat_index: torch.Tensor, width: int = LOW_RES_MASK_SIZE) -> torch.Tensor:
+    """Flat low-res pixel indices (``...``) to prompt-frame ``(x, y)`` points (``... x 2``)."""
+    rows = torch.div(flat_index, width, rounding_mode="floor")
+    cols = flat_index % width
+    half = LOW_RES_STRIDE / 2
+    return torch.stack([cols * LOW_RES_STRIDE + half, rows * LOW_RES_STRIDE + half], -1).float()
+
+
+def sample_in_regions(regions: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
+    """``num`` uniformly random pixels inside each of ``K x H x W`` boolean regions.
+
+    Returns ``K x num`` flat indices; an empty region yields its centre pixel (callers mark
+    such prompts with label -1 where it matters).
+    """
+    k = regions.shape[0]
+    weights = regions.flatten(1).float().cpu()
+    empty = weights.sum(1) == 0
+    height, width = regions.shape[-2:]
+    weights[empty, (height // 2) * width + width // 2] = 1.0
+    picks = torch.multinomial(weights, num, replacement=True, generator=generator)
+    return picks.view(k, num).to(regions.device)
+
+
+def sample_points(masks: torch.Tensor, num: int, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num`` positive clicks inside each of ``K x 256 x 256`` masks.
+
+    Returns ``(coords K x num x 2, labels K x num)`` in the prompt frame.
+    """
+    flat = sample_in_regions(masks.bool(), num, generator)
+    coords = pixels_to_points(flat, masks.shape[-1])
+    return coords, torch.ones(flat.shape, dtype=torch.int64, device=masks.device)
+
+
+def jitter_boxes(boxes: torch.Tensor, *, scale: float, max_px: float,
+                 generator: torch.Generator, input_size: tuple[int, int]) -> torch.Tensor:
+    """Add SAM-style noise to ``K x 4`` XYXY prompt-frame boxes.
+
+    Each coordinate moves by ``N(0, scale * side)`` of its box side, capped at ``max_px`` pixels,
+    then is clipped to the image (``input_size`` = ``(h, w)`` in the prompt frame).
+    """
+    if scale <= 0 or len(boxes) == 0:
+        return boxes
+    w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1)
+    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1)
+    side = torch.stack([w, h, w, h], 1)
+    noise = torch.randn(boxes.shape, generator=generator).to(boxes.device)
+    shift = (noise * scale * side).clamp(-max_px, max_px)
+    out = boxes + shift
+    limits = torch.tensor([input_size[1], input_size[0]] * 2, dtype=out.dtype, device=out.device)
+    out = torch.minimum(out.clamp(min=0), limits)
+    # keep x0 <= x1 and y0 <= y1 after the noise
+    x0, x1 = torch.minimum(out[:, 0], out[:, 2]), torch.maximum(out[:, 0], out[:, 2])
+    y0, y1 = torch.minimum(out[:, 1], out[:, 3]), torch.maximum(out[:, 1], out[:, 3])
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
+def correction_clicks(pred_logits: torch.Tensor, masks: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One corrective click per prompt, sampled uniformly from the error region.
+
+    ``pred_logits``: ``K x 256 x 256`` previous prediction; ``masks``: ``K x 256 x 256`` truth.
+    A pixel the prediction missed (false negative) becomes a positive click (label 1), one it
+    wrongly covered (false positive) a negative click (label 0). Where the prediction is already
+    perfect the click lands inside the mask as a positive (it confirms, as a user would).
+    Returns ``(coords K x 1 x 2, labels K x 1)`` in the prompt frame.
+    """
+    pred = pred_logits > 0
+    truth = masks.bool()
+    error = pred ^ truth
+    perfect = ~error.flatten(1).any(1)
+    region = torch.where(perfect[:, None, None], truth, error)
+    flat = sample_in_regions(region, 1, generator)
+    labels = truth.flatten(1).gather(1, flat).long()
+    return pixels_to_points(flat, masks.shape[-1]), labels
