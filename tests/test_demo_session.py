@@ -1,0 +1,154 @@
+"""The demo's handlers without a browser: encode once per image, decode per click, export."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo.prompts import Box, Point
+from demo.session import DemoBackend, close_session
+from effvit_sam import build_sam
+from effvit_sam.predictor import EfficientViTSamPredictor
+from effvit_sam.visualize import rle_to_mask
+
+
+@pytest.fixture(scope="module")
+def backend():
+    # One model for the whole file: building it is most of the cost on a busy CPU.
+    model = build_sam("efficientvit-sam-tiny").eval()
+    return DemoBackend(model=model, model_name="efficientvit-sam-tiny",
+                       weights="random weights", random_weights=True, points_per_side=4)
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def encoder_calls(backend):
+    calls = [0]
+    hook = backend.model.image_encoder.register_forward_hook(
+        lambda *_: calls.__setitem__(0, calls[0] + 1))
+    yield calls
+    hook.remove()
+
+
+def reference(model, image, **prompts):
+    predictor = EfficientViTSamPredictor(model)
+    predictor.set_image(image)
+    return predictor.predict(**prompts)
+
+
+def test_embedding_is_computed_once_per_image(backend, image, encoder_calls):
+    calls = encoder_calls
+    session = backend.new_session(image)
+    assert calls[0] == 1 and session.encode_ms > 0
+    for x, y in ((10, 10), (50, 40), (100, 80)):
+        backend.click(session, x, y, mode="point", background=False, multimask=True)
+    backend.undo(session, multimask=False)
+    backend.click(session, 5, 5, mode="box", background=False, multimask=True)
+    backend.click(session, 60, 70, mode="box", background=False, multimask=True)
+    assert calls[0] == 1  # clicks cost decoder time only
+    backend.new_session(image, previous=session)
+    assert calls[0] == 2
+
+
+def test_point_clicks_decode_like_the_predictor(backend, image):
+    session = backend.new_session(image)
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    backend.click(session, 90, 60, mode="point", background=True, multimask=True)
+    assert session.history.current.points == (Point(30, 20, 1), Point(90, 60, 0))
+    masks, scores, _ = reference(backend.model, image, points=np.array([[30, 20], [90, 60]]),
+                                 labels=np.array([1, 0]), multimask_output=True)
+    np.testing.assert_array_equal(session.masks, masks)
+    np.testing.assert_allclose(session.scores, scores, rtol=0, atol=1e-6)
+    assert session.masks.shape == (3, 90, 120) and session.selected == int(np.argmax(scores))
+    assert session.decode_ms > 0
+    shown = backend.shown_masks(session)
+    np.testing.assert_array_equal(shown, masks[session.selected][None])
+    assert [i for _, i in backend.mask_choices(session)] == [0, 1, 2]
+
+
+def test_box_mode_and_single_mask(backend, image):
+    session = backend.new_session(image)
+    backend.click(session, 100, 70, mode="box", background=False, multimask=False)
+    assert session.masks is None and "opposite corner" in backend.status(session)
+    backend.click(session, 20, 10, mode="box", background=False, multimask=False)
+    assert session.history.current.box == Box(20, 10, 100, 70)
+    masks, _, _ = reference(backend.model, image, boxes=np.array([20, 10, 100, 70]),
+                            multimask_output=False)
+    np.testing.assert_array_equal(session.masks, masks)
+    assert backend.mask_choices(session) == []  # one mask: nothing to choose
+
+
+def test_undo_returns_to_the_previous_answer_and_clear_to_the_image(backend, image):
+    session = backend.new_session(image)
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    first = session.masks.copy()
+    backend.click(session, 80, 50, mode="point", background=False, multimask=True)
+    backend.undo(session, multimask=True)
+    np.testing.assert_array_equal(session.masks, first)
+    backend.clear(session)
+    assert session.masks is None and session.history.current.is_empty
+    np.testing.assert_array_equal(backend.overlay(session), image)
+    backend.undo(session, multimask=True)  # the clear itself can be undone
+    np.testing.assert_array_equal(session.masks, first)
+
+
+def test_select_and_bad_input(backend, image):
+    session = backend.new_session(image)
+    with pytest.raises(ValueError, match="no alternative"):
+        backend.select(session, 0)
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    backend.select(session, 2)
+    np.testing.assert_array_equal(backend.shown_masks(session)[0], session.masks[2])
+    with pytest.raises(ValueError, match="out of range"):
+        backend.select(session, 3)
+    with pytest.raises(ValueError, match="outside"):
+        backend.click(session, 120, 10, mode="point", background=False, multimask=True)
+    with pytest.raises(TypeError, match="uint8"):
+        backend.new_session(image.astype(np.float32))
+
+
+def test_export_writes_the_shown_mask(backend, image):
+    session = backend.new_session(image)
+    with pytest.raises(ValueError, match="no mask"):
+        backend.export(session)
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    backend.select(session, 1)
+    png, js = backend.export(session)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.read_bytes()))),
+                                  session.masks[1] * 255)
+    doc = json.loads(js.read_text())
+    assert doc["image_size"] == [90, 120] and doc["model"] == "efficientvit-sam-tiny"
+    (rec,) = doc["annotations"]
+    np.testing.assert_array_equal(rle_to_mask(rec["segmentation"]), session.masks[1])
+    assert rec["score"] == pytest.approx(float(session.scores[1]))
+    assert rec["point_coords"] == [[30.0, 20.0]] and rec["point_labels"] == [1]
+    folder = png.parent
+    close_session(session)  # what gr.State calls when it drops the tab's state
+    assert not folder.exists() and session.predictor is None and session.masks is None
+
+
+def test_a_new_upload_frees_the_previous_session(backend, image):
+    old = backend.new_session(image)
+    backend.click(old, 30, 20, mode="point", background=False, multimask=True)
+    folder = backend.export(old)[0].parent
+    new = backend.new_session(image[:40], previous=old)
+    assert old.predictor is None and not folder.exists()
+    assert new.image.shape == (40, 120, 3) and new.masks is None
+
+
+def test_status_names_model_weights_and_times(backend, image):
+    assert backend.status(None) == "**model** efficientvit-sam-tiny (random weights)"
+    session = backend.new_session(image)
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    status = backend.status(session)
+    assert f"**encoder** {session.encode_ms:.1f} ms" in status
+    assert f"**decoder** {session.decode_ms:.1f} ms" in status
