@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return data
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signature(name: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a registered model, built on the meta device (no memory, no compute)."""
     from .build import build_sam
@@ -102,7 +102,8 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
     raise CheckpointError(msg)
 
 
-def load_checkpoint(model: nn.Module, checkpoint: str | Path | dict[str, torch.Tensor]) -> nn.Module:
+def load_checkpoint(model: nn.Module,
+                    checkpoint: str | Path | dict[str, torch.Tensor]) -> nn.Module:
     """Load a checkpoint (path or state dict) into ``model`` strictly; returns ``model``."""
     if isinstance(checkpoint, dict):
         state_dict, source = checkpoint, "state dict"

@@ -11,7 +11,8 @@ import logging
 import sys
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "segment": ("effvit_sam.segment_cli", "main", "segment an image from points/boxes or everything"),
+    "segment": ("effvit_sam.segment_cli", "main",
+                "segment an image from points/boxes, or everything"),
     "make-shards": ("distill.synthetic_cli", "make_shards_main",
                     "write synthetic scenes as SA-1B tar shards"),
     "make-eval-set": ("distill.synthetic_cli", "make_eval_set_main",

@@ -125,7 +125,8 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
                       qkv_dim=8, neck_stages=(4, 3, 2), neck_width=32, neck_depth=1,
                       out_dim=32, input_size=256, embed_size=64),
         prompt_embed_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2,
-        iou_head_hidden_dim=32, mask_in_chans=4,
+        # mask_in_chans // 4 must exceed 1: a LayerNorm over one channel outputs a constant.
+        iou_head_hidden_dim=32, mask_in_chans=8,
     ),
 }
 

@@ -113,10 +113,8 @@ class LiteMLA(nn.Module):
         qkv = torch.cat([qkv, *(op(qkv) for op in self.aggreg)], dim=1)
         h, w = qkv.shape[-2:]
         # Few tokens: the official code switches to the quadratic form, which differs in rounding.
-        if h * w > self.dim:
-            out = self.linear_attention(qkv)
-        else:
-            out = self.quadratic_attention(qkv)
+        attention = self.linear_attention if h * w > self.dim else self.quadratic_attention
+        out = attention(qkv)
         return self.proj(out.to(x.dtype))
 
     def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -117,7 +117,7 @@ class SamNeck(nn.Module):
             [Sequence([ConvNormAct(cfg.neck_width, cfg.out_dim, 1, bias=True)])])
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        feats = [op(stages[s]) for op, s in zip(self.input_ops, self.stage_ids)]
+        feats = [op(stages[s]) for op, s in zip(self.input_ops, self.stage_ids, strict=True)]
         # Summed right to left, like the official code, so rounding matches too.
         x = feats[-1]
         for feat in reversed(feats[:-1]):
