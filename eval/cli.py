@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-clicks", type=int, default=5, help="clicks per instance (point)")
     p.add_argument("--max-prompts", type=int, default=64,
                    help="prompts per decoder call (bounds memory on crowded images)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights (no "
+                   "--checkpoint): every process must build the same model")
     p.add_argument("--device", help="torch device (default: accelerate's choice per process)")
     return p
 
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset = EvalDataset(args.dataset, args.annotations, args.images)
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = torch.device(args.device) if args.device else accelerator.device
+    # Random initialisation draws from the global RNG; seeding it gives every process (and
+    # every run) the same weights when no checkpoint is loaded.
+    torch.manual_seed(args.seed)
     model = build_sam(args.model, checkpoint=args.checkpoint, device=device)
     predictor = SamBatchPredictor(model, device=device, max_prompts=args.max_prompts)
     if accelerator.is_main_process:
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint_sha256": file_sha256(args.checkpoint), "dataset": args.dataset,
         "annotations": args.annotations, "images": args.images, "detections": args.detections,
         "mode": args.mode, "num_clicks": args.num_clicks if args.mode == "point" else None,
-        "limit": args.limit, "num_processes": accelerator.num_processes, "device": str(device),
+        "limit": args.limit, "seed": None if args.checkpoint else args.seed,
+        "num_processes": accelerator.num_processes, "device": str(device),
     }
     print(format_table(settings, summary))
     print(markdown_row(settings, summary))

@@ -114,8 +114,12 @@ def eval_image_clicks(predictor: BatchPredictor, image: np.ndarray, instances: l
 
 def eval_image_detections(predictor: BatchPredictor, image: np.ndarray, image_id: int,
                           detections: list[dict]) -> tuple[list[dict], int]:
-    """Masks for a detector's boxes, as COCO results (RLE); also how many boxes were empty."""
-    boxes = [xywh_to_xyxy(d["bbox"]) for d in detections]
+    """Masks for a detector's boxes, as COCO results (RLE); also how many boxes were empty.
+
+    Boxes are clipped to the image first: detectors emit boxes a little outside it.
+    """
+    h, w = image.shape[:2]
+    boxes = [np.clip(xywh_to_xyxy(d["bbox"]), 0, [w, h, w, h]) for d in detections]
     keep = [i for i, b in enumerate(boxes) if b[2] > b[0] and b[3] > b[1]]
     if not keep:
         return [], len(detections)

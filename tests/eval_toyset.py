@@ -166,7 +166,8 @@ class FakePredictor:
 
 class OraclePredictor(FakePredictor):
     """Returns the ground truth: the mask whose box is the prompt box, or the smallest mask
-    holding the first click; a box matching nothing is filled."""
+    holding every positive click and no negative one; a box matching nothing is filled.
+    (Nested objects make the clicks ambiguous, as for a real model: use sets without them.)"""
 
     def __init__(self, truth: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> None:
         super().__init__()
@@ -179,9 +180,12 @@ class OraclePredictor(FakePredictor):
         return _fill_box(self.shape, box)
 
     def for_points(self, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        x, y = points[0].astype(int)
-        holding = [m for _, m in self.truth[self.key] if m[y, x]]
-        return min(holding, key=lambda m: m.sum())
+        def fits(mask: np.ndarray) -> bool:
+            return all(mask[y, x] == bool(label)
+                       for (x, y), label in zip(points.astype(int), labels, strict=True)
+                       if label in (0, 1))
+
+        return min((m for _, m in self.truth[self.key] if fits(m)), key=lambda m: m.sum())
 
 
 class BoxFillPredictor(FakePredictor):

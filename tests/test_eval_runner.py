@@ -1,0 +1,202 @@
+"""The evaluation loop with oracle / known-error predictors, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.cli import main
+from eval.datasets import EvalDataset
+from eval.runner import EvalTask, run_evaluation
+
+from .eval_toyset import (
+    BoxFillPredictor,
+    OraclePredictor,
+    SquareClickPredictor,
+    tight_bbox,
+    toy_masks,
+    write_toyset,
+)
+
+TRIANGLE = 465 / 900  # IoU of the triangle with its filled box
+
+
+def _run(tmp_path, kind, task, predictor_factory, **toy):
+    ann, images, truth = write_toyset(tmp_path, kind, **toy)
+    predictor = predictor_factory(truth)
+    return run_evaluation(task, predictor, EvalDataset(kind, ann, images)), predictor
+
+
+@pytest.mark.parametrize("kind", ["coco", "lvis"])
+def test_box_oracle_gives_100_and_one_call_per_image(tmp_path, kind):
+    summary, oracle = _run(tmp_path, kind, EvalTask("box"), OraclePredictor)
+    assert summary["metrics"] == pytest.approx(
+        {"mIoU": 100.0, "mIoU_small": 100.0, "mIoU_medium": 100.0, "mIoU_large": 100.0})
+    assert summary["num_instances"] == {"all": 4, "small": 2, "medium": 1, "large": 1}
+    assert [len(c["boxes"]) for c in oracle.calls] == [2, 2]  # crowd 13 skipped, batched
+    assert all(c["multimask"] for c in oracle.calls)
+
+
+def test_box_known_error_hand_computed(tmp_path):
+    summary, _ = _run(tmp_path, "coco", EvalTask("box"), lambda truth: BoxFillPredictor())
+    m = summary["metrics"]
+    assert m["mIoU"] == pytest.approx(100 * (1 + TRIANGLE + 1 + 1) / 4)
+    assert m["mIoU_small"] == pytest.approx(100 * (1 + TRIANGLE) / 2)
+    assert m["mIoU_medium"] == pytest.approx(100.0) and m["mIoU_large"] == pytest.approx(100.0)
+
+
+def test_limit_takes_the_first_images(tmp_path):
+    summary, _ = _run(tmp_path, "coco", EvalTask("box", limit=1), lambda t: BoxFillPredictor())
+    assert summary["num_images"] == 1
+    assert summary["metrics"]["mIoU"] == pytest.approx(100 * (1 + TRIANGLE) / 2)
+    assert summary["metrics"]["mIoU_large"] is None
+
+
+def test_point_oracle_gives_100_after_every_click(tmp_path):
+    # ann 22 contains ann 21, so a click in it is ambiguous even to an oracle: left out here
+    summary, oracle = _run(tmp_path, "lvis", EvalTask("point", num_clicks=5), OraclePredictor,
+                           ann_ids=(11, 12, 21))
+    assert set(summary["metrics"]) == {f"mIoU{b}@{c}click" for c in (1, 3, 5)
+                                       for b in ("", "_small", "_medium", "_large")}
+    assert summary["metrics"]["mIoU_large@1click"] is None
+    assert all(v == pytest.approx(100.0) for v in summary["metrics"].values() if v is not None)
+    # 5 rounds per image, all instances of an image in each call; only round 1 is multimask
+    assert [c["points"].shape[:2] for c in oracle.calls] == \
+        [(2, r) for r in range(1, 6)] + [(1, r) for r in range(1, 6)]
+    assert [c["multimask"] for c in oracle.calls[:5]] == [True, False, False, False, False]
+    # exact after the first click: later "clicks" are SAM padding points
+    assert (oracle.calls[4]["labels"][:, 1:] == -1).all()
+
+
+def test_point_known_error_hand_computed(tmp_path):
+    """A 20 x 20 square; each click adds a 5 x 5 square deep inside the still-missed part
+    (the click sits >= 3 px from the error boundary), so k clicks give IoU k * 25 / 400."""
+    summary, pred = _run(tmp_path, "coco", EvalTask("point", num_clicks=5),
+                         lambda t: SquareClickPredictor(radius=2), ann_ids=(11,))
+    m = summary["metrics"]
+    assert m["mIoU@1click"] == pytest.approx(100 * 25 / 400)
+    assert m["mIoU@3click"] == pytest.approx(100 * 75 / 400)
+    assert m["mIoU@5click"] == pytest.approx(100 * 125 / 400)
+    assert pred.calls[0]["points"][0, 0].tolist() == [19, 14]  # centre of the square
+    assert (pred.calls[-1]["labels"] == 1).all()  # only misses: every click is positive
+
+
+def _detections(path: Path, extra=()):
+    """The ground-truth boxes of the non-crowd instances as detections, plus ``extra``."""
+    dets = [{"image_id": img, "category_id": cat, "bbox": tight_bbox(mask), "score": s}
+            for (img, cat, mask, crowd), s in zip(toy_masks().values(), (0.9, 0.8, 0.5, 0.7, 0.6),
+                                                  strict=True) if not crowd]
+    path.write_text(json.dumps(dets + list(extra)))
+    return str(path)
+
+
+FALSE_POSITIVE = {"image_id": 1, "category_id": 1, "bbox": [50, 2, 21, 19], "score": 0.99}
+
+
+@pytest.mark.parametrize("kind", ["coco", "lvis"])
+def test_detector_boxes_oracle_ap_100_and_false_positive(tmp_path, kind):
+    task = EvalTask("box-from-detector", detections=_detections(tmp_path / "d.json"))
+    summary, _ = _run(tmp_path, kind, task, OraclePredictor)
+    assert summary["metrics"]["AP"] == pytest.approx(100.0)
+    assert summary["num_detections"] == 4
+    task = EvalTask("box-from-detector",
+                    detections=_detections(tmp_path / "fp.json", [FALSE_POSITIVE]))
+    summary, _ = _run(tmp_path, kind, task, OraclePredictor)
+    # the FP's mask is its filled box (no overlap with any object): category 1 AP 3/4, cat 2: 1
+    assert summary["metrics"]["AP"] == pytest.approx(87.5)
+    if kind == "lvis":
+        assert summary["metrics"]["APf"] == pytest.approx(75.0)
+
+
+def test_unreadable_image_is_skipped_and_counted(tmp_path):
+    ann, images, truth = write_toyset(tmp_path, "coco")
+    (images / "000000000002.png").unlink()
+    summary = run_evaluation(EvalTask("box"), OraclePredictor(truth),
+                             EvalDataset("coco", ann, images))
+    assert summary["failed_images"] == [2] and summary["num_instances"]["all"] == 2
+
+
+def test_task_rejects_bad_settings():
+    with pytest.raises(ValueError, match="mode"):
+        EvalTask("boxes")
+    with pytest.raises(ValueError, match="detections"):
+        EvalTask("box-from-detector")
+    with pytest.raises(ValueError, match="num_clicks"):
+        EvalTask("point", num_clicks=0)
+
+
+# --- the CLI with the tiny model ----------------------------------------------------------
+
+def _cli_args(tmp_path, kind, mode, *extra):
+    ann, images, _ = write_toyset(tmp_path / kind, kind)
+    return [mode, "--dataset", kind, "--annotations", str(ann), "--images", str(images),
+            "--model", "efficientvit-sam-tiny", "--device", "cpu", *extra]
+
+
+def test_cli_box_end_to_end_writes_report(tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert main(_cli_args(tmp_path, "coco", "box", "--output", str(out))) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["model"] == "efficientvit-sam-tiny"
+    assert report["settings"]["mode"] == "box" and report["settings"]["num_processes"] == 1
+    assert report["num_instances"]["all"] == 4
+    assert 0.0 <= report["metrics"]["mIoU"] <= 100.0
+    printed = capsys.readouterr().out
+    assert report["markdown_row"] in printed and "mIoU_small" in printed
+
+
+def test_cli_point_and_detector_end_to_end(tmp_path):
+    out = tmp_path / "p.json"
+    assert main(_cli_args(tmp_path, "lvis", "point", "--num-clicks", "3",
+                          "--output", str(out))) == 0
+    assert set(json.loads(out.read_text())["metrics"]) == {
+        f"mIoU{b}@{c}click" for b in ("", "_small", "_medium", "_large") for c in (1, 3)}
+    dets = _detections(tmp_path / "d.json")
+    assert main(_cli_args(tmp_path, "coco", "box-from-detector", "--detections", dets,
+                          "--output", str(out))) == 0
+    assert set(json.loads(out.read_text())["metrics"]) == {"AP", "AP50", "AP75", "APs", "APm",
+                                                           "APl"}
+
+
+def test_cli_checkpoint_recorded_with_sha256(tmp_path):
+    import hashlib
+
+    import torch
+
+    from effvit_sam import build_sam
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(build_sam("efficientvit-sam-tiny").state_dict(), ckpt)
+    out = tmp_path / "m.json"
+    assert main(_cli_args(tmp_path, "coco", "box", "--checkpoint", str(ckpt), "--limit", "1",
+                          "--output", str(out))) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert settings["limit"] == 1
+
+
+def _torchrun(nproc: int, args: list[str], tmp_path: Path) -> dict:
+    out = tmp_path / f"metrics_{nproc}.json"
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(29500 + os.getpid() % 1000 + nproc), "-m", "eval", *args,
+           "--output", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_metrics_as_one(tmp_path):
+    args = _cli_args(tmp_path, "coco", "point", "--num-clicks", "3")
+    args.remove("--device"), args.remove("cpu")  # accelerate picks each process's device
+    one, two = _torchrun(1, args, tmp_path), _torchrun(2, args, tmp_path)
+    assert one["settings"]["num_processes"] == 1 and two["settings"]["num_processes"] == 2
+    assert two["metrics"] == one["metrics"]  # bit-identical: same weights, same order
+    assert two["num_instances"] == one["num_instances"] == {"all": 4, "small": 2, "medium": 1,
+                                                            "large": 1}
