@@ -167,6 +167,12 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         return tuple(_check_type(v, a, key) for v, a in zip(value, args, strict=True))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; it is plainly a number
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
     if annotation is bool and not isinstance(value, bool):
         raise ValueError(f"{key} must be true/false, got {value!r}")
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):

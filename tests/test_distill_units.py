@@ -1,0 +1,225 @@
+"""Unit tests of the distillation pipeline's parts: configs, losses, prompts, schedule, plots."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill import losses
+from distill.config import (
+    CONFIG_DIR,
+    TeacherConfig,
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    load_config,
+)
+from distill.engine import warmup_cosine
+from distill.plots import plot_loss_curves, read_metrics
+from distill.prompts import (
+    correction_clicks,
+    jitter_boxes,
+    pixels_to_points,
+    sample_points,
+)
+from distill.teacher import build_teacher
+
+VARIANTS = ("l0", "l1", "l2", "xl0", "xl1")
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("phase", (1, 2))
+def test_every_variant_has_a_recipe_per_phase(variant: str, phase: int) -> None:
+    cfg = load_config(f"{variant}_phase{phase}")
+    assert cfg.phase == phase
+    assert cfg.model.name == f"efficientvit-sam-{variant}"
+    if phase == 1:
+        assert (cfg.teacher.kind, cfg.teacher.name) == ("sam", "vit_h")
+    else:
+        assert cfg.model.init == f"runs/{variant}_phase1/pretrained"
+
+
+def test_all_packaged_recipes_load() -> None:
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert {"smoke_phase1", "smoke_phase2"} <= set(names)
+    for name in names:
+        load_config(name)
+
+
+def test_overrides_are_typed_and_applied() -> None:
+    cfg = load_config("smoke_phase2", ["train.lr=1e-4", "data.max_masks=8",
+                                       "train.betas=[0.8, 0.9]", "model.init=null"])
+    assert cfg.train.lr == 1e-4 and cfg.data.max_masks == 8
+    assert cfg.train.betas == (0.8, 0.9) and cfg.model.init is None
+    assert load_config("smoke_phase1", ["train.clip_grad=2"]).train.clip_grad == 2.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1e-4", "unknown config keys \\['lrr'\\] in train"),
+    ("bogus.x=1", "unknown config keys \\['bogus'\\]"),
+    ("data.max_masks=eight", "data.max_masks must be an integer"),
+    ("data.max_masks=2.5", "data.max_masks must be an integer"),
+    ("run.tensorboard=1", "run.tensorboard must be true/false"),
+    ("train.embed_loss=l3", "train.embed_loss must be one of"),
+    ("train.betas=[0.9]", "train.betas must be a list of 2 values"),
+    ("train.lr", "must look like section.key=value"),
+])
+def test_bad_overrides_raise(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config("smoke_phase1", [override])
+
+
+def test_config_round_trips_through_yaml(tmp_path) -> None:
+    cfg = load_config("l0_phase2", ["prompts.iterative_rounds=2"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(str(path)) == cfg
+
+
+def test_apply_overrides_does_not_mutate_input() -> None:
+    data = {"train": {"lr": 1.0}}
+    apply_overrides(data, ["train.lr=2.0"])
+    assert data == {"train": {"lr": 1.0}}
+    with pytest.raises(ValueError, match="data.shards"):
+        config_from_dict({"phase": 1})
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_embedding_losses_hand_computed() -> None:
+    s = torch.zeros(1, 2, 1, 2)
+    t = torch.tensor([[[[1.0, -3.0]], [[0.0, 0.0]]]])
+    assert losses.embedding_loss(s, t, "mse") == pytest.approx((1 + 9) / 4)
+    assert losses.embedding_loss(s, t, "l1") == pytest.approx((1 + 3) / 4)
+    # huber(delta=1): 0.5 * 1^2 for |d|=1, 1 * (3 - 0.5) for |d|=3
+    assert losses.embedding_loss(s, t, "huber") == pytest.approx((0.5 + 2.5) / 4)
+    a = torch.tensor([[[[1.0]], [[0.0]]]])
+    b = torch.tensor([[[[0.0]], [[2.0]]]])
+    assert losses.embedding_loss(a, b, "cosine") == pytest.approx(1.0)  # orthogonal vectors
+    assert losses.embedding_loss(a, 3 * a, "cosine") == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        losses.embedding_loss(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4))
+
+
+def test_focal_dice_iou_hand_computed() -> None:
+    logits = torch.tensor([[[0.0, 0.0]]])  # p = 0.5 everywhere
+    target = torch.tensor([[[True, False]]])
+    # focal at p_t = 0.5: alpha_t * ln2 * 0.25; alpha 0.25 for the positive, 0.75 negative
+    expected = (0.25 * math.log(2) * 0.25 + 0.75 * math.log(2) * 0.25) / 2
+    assert losses.focal_loss(logits, target).item() == pytest.approx(expected)
+    # dice: 1 - (2 * 0.5 + 1) / (1 + 1 + 1)
+    assert losses.dice_loss(logits, target).item() == pytest.approx(1 - 2 / 3)
+    assert losses.bce_loss(logits, target).item() == pytest.approx(math.log(2))
+    pred = torch.tensor([[[5.0, 5.0, -5.0, -5.0]]])
+    truth = torch.tensor([[[True, False, True, False]]])
+    assert losses.mask_iou(pred, truth).item() == pytest.approx(1 / 3)
+    empty = torch.zeros(1, 1, 4, dtype=torch.bool)
+    assert losses.mask_iou(-pred.abs(), empty).item() == 1.0
+
+
+def test_sam_mask_loss_trains_only_the_best_output_and_every_iou() -> None:
+    target = torch.zeros(1, 4, 4, dtype=torch.bool)
+    target[0, :2] = True
+    good = torch.where(target, 10.0, -10.0)
+    logits = torch.stack([-good, good, torch.zeros(1, 4, 4)], 1).requires_grad_(True)
+    iou_pred = torch.tensor([[0.0, 1.0, 0.5]], requires_grad=True)
+    total, parts, best = losses.sam_mask_loss(logits, iou_pred, target)
+    assert best.tolist() == [1]
+    total.backward()
+    assert logits.grad[0, 0].abs().sum() == 0 and logits.grad[0, 2].abs().sum() == 0
+    assert logits.grad[0, 1].abs().sum() > 0
+    # actual IoUs: 0 (inverted), 1 (exact), 0 (all logits 0: empty prediction vs non-empty)
+    assert parts["iou_mse"].item() == pytest.approx((0 + 0 + 0.25) / 3)
+    assert iou_pred.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_pixels_to_points_uses_cell_centres() -> None:
+    assert pixels_to_points(torch.tensor([0, 256 * 3 + 5])).tolist() == [[2.0, 2.0],
+                                                                           [22.0, 14.0]]
+
+
+def test_sample_points_lie_inside_their_masks_and_are_seeded() -> None:
+    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
+    masks[0, 10:20, 30:40] = True
+    masks[1, 200, 100] = True
+    coords, labels = sample_points(masks, 5, torch.Generator().manual_seed(1))
+    assert coords.shape == (2, 5, 2) and labels.eq(1).all()
+    cols = ((coords[..., 0] - 2) / 4).long()
+    rows = ((coords[..., 1] - 2) / 4).long()
+    assert masks[0, rows[0], cols[0]].all() and masks[1, rows[1], cols[1]].all()
+    again, _ = sample_points(masks, 5, torch.Generator().manual_seed(1))
+    assert torch.equal(coords, again)
+
+
+def test_correction_clicks_label_false_negatives_positive_false_positives_negative() -> None:
+    truth = torch.zeros(3, 256, 256, dtype=torch.bool)
+    truth[:, 50:60, 50:60] = True
+    pred = torch.full((3, 256, 256), -1.0)
+    pred[0] = torch.where(truth[0], 1.0, -1.0)
+    pred[0, 50:60, 50] = -1.0  # missed column: the only error is a false negative
+    pred[1] = torch.where(truth[1], 1.0, -1.0)
+    pred[1, 100, 100] = 1.0  # one stray pixel: the only error is a false positive
+    pred[2] = torch.where(truth[2], 1.0, -1.0)  # perfect: a confirming click inside
+    coords, labels = correction_clicks(pred, truth, torch.Generator().manual_seed(0))
+    assert labels[:, 0].tolist() == [1, 0, 1]
+    assert coords[0, 0, 0].item() == 50 * 4 + 2  # x on the missed column
+    assert coords[1, 0].tolist() == [402.0, 402.0]
+    col, row = ((coords[2, 0] - 2) / 4).long().tolist()
+    assert truth[2, row, col]
+
+
+def test_jitter_boxes_stays_in_image_and_ordered() -> None:
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 50.0], [500.0, 300.0, 700.0, 682.0]])
+    out = jitter_boxes(boxes, scale=0.5, max_px=20.0, generator=torch.Generator().manual_seed(0),
+                       input_size=(682, 1024))
+    assert (out - boxes).abs().max() <= 20.0 + 1e-4
+    assert (out[:, 2] >= out[:, 0]).all() and (out[:, 3] >= out[:, 1]).all()
+    assert out.min() >= 0 and (out[:, 3] <= 682).all() and (out[:, 2] <= 1024).all()
+    assert not torch.equal(out, boxes)
+    same = jitter_boxes(boxes, scale=0.0, max_px=20.0, generator=torch.Generator(),
+                        input_size=(682, 1024))
+    assert torch.equal(same, boxes)
+
+
+# ---------------------------------------------------------------- schedule, plots, teacher
+
+
+def test_warmup_cosine_schedule() -> None:
+    kw = dict(warmup=4, total=14, min_ratio=0.1)
+    assert [warmup_cosine(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert warmup_cosine(9, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway down the cosine
+    assert warmup_cosine(14, **kw) == pytest.approx(0.1)
+    assert warmup_cosine(100, **kw) == pytest.approx(0.1)
+
+
+def test_loss_plot_is_a_png(tmp_path) -> None:
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("step,lr,loss,mask\n1,0.1,2.0,1.5\n2,0.1,1.0,0.8\n")
+    assert read_metrics(csv)["loss"] == [2.0, 1.0]
+    png = plot_loss_curves(csv, tmp_path / "loss.png", title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_teacher_needs_weights_unless_random_init_and_is_frozen(tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs teacher.checkpoint"):
+        build_teacher(TeacherConfig(kind="efficientvit", name="tiny"))
+    with pytest.raises(FileNotFoundError):
+        build_teacher(TeacherConfig(kind="sam", name="vit_b", checkpoint=str(tmp_path / "x")))
+    with pytest.raises(ValueError, match="unknown SAM teacher"):
+        build_teacher(TeacherConfig(kind="sam", name="vit_q", random_init=True))
+    a = build_teacher(TeacherConfig(kind="efficientvit", name="tiny", random_init=True), seed=3)
+    b = build_teacher(TeacherConfig(kind="efficientvit", name="tiny", random_init=True), seed=3)
+    a.train()
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+    image = (torch.rand(40, 60, 3) * 255).to(torch.uint8).numpy()
+    out = a([image])
+    assert out.shape == (1, 32, 64, 64) and torch.equal(out, b([image]))
