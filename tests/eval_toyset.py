@@ -211,3 +211,13 @@ class SquareClickPredictor(FakePredictor):
                 if label == int(positive):
                     mask[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1] = positive
         return mask
+
+
+def truth_from_dataset(dataset) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Oracle truth for any :class:`eval.datasets.EvalDataset` (crowds included)."""
+    truth = {}
+    for image_id in dataset.image_ids:
+        key = image_key(dataset.load_image(image_id))
+        truth[key] = [(inst.box_xyxy, inst.mask())
+                      for inst in dataset.instances(image_id, skip_crowd=False)]
+    return truth
