@@ -149,15 +149,23 @@ def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, ep
     if (meta.get("height", height), meta.get("width", width)) != (height, width):
         raise SkipSample("size_mismatch", f"{key}: json says {meta.get('height')}x"
                          f"{meta.get('width')}, jpg is {height}x{width}")
+    try:
+        sizes = {tuple(a["segmentation"]["size"]) for a in anns}
+    except (KeyError, TypeError) as exn:
+        raise SkipSample("bad_json", f"{key}: bad segmentation {exn!r}") from exn
+    if sizes != {(height, width)}:
+        raise SkipSample("size_mismatch", f"{key}: RLE sizes {sorted(sizes)} but the jpg is "
+                         f"{height}x{width}")
 
     generator = torch.Generator().manual_seed(_stable_seed(seed, epoch, key))
     order = torch.randperm(len(anns), generator=generator).tolist()
-    masks, boxes = [], []
-    for start in range(0, len(order), MASK_CHUNK):
-        rles = [anns[i]["segmentation"] for i in order[start: start + MASK_CHUNK]]
+    masks, boxes, start, found = [], [], 0, 0
+    while start < len(order) and found < max_masks:
+        # Decode only about as many masks as are still needed (most survive the reduction).
+        chunk = order[start: start + min(MASK_CHUNK, max_masks - found)]
+        start += len(chunk)
+        rles = [anns[i]["segmentation"] for i in chunk]
         try:
-            if any(list(r["size"]) != [height, width] for r in rles):
-                raise SkipSample("size_mismatch", f"{key}: an RLE is not {height}x{width}")
             full = mask_util.decode(rles)  # H x W x k, Fortran order
             xywh = mask_util.toBbox(rles)
         except (KeyError, TypeError, ValueError) as exn:
@@ -166,8 +174,7 @@ def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, ep
         keep = low.flatten(1).any(1)  # masks too small for 256 x 256 give no training signal
         masks.append(low[keep])
         boxes.append(torch.from_numpy(xywh)[keep])
-        if sum(len(m) for m in masks) >= max_masks:
-            break
+        found += int(keep.sum())
     masks_t = torch.cat(masks)[:max_masks]
     if len(masks_t) == 0:
         raise SkipSample("no_annotations", f"{key}: every mask vanishes at 256 x 256")
