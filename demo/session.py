@@ -15,12 +15,14 @@ import logging
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from effvit_sam.automatic import EfficientViTSamAutomaticMaskGenerator
 from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.predictor import EfficientViTSamPredictor
 from effvit_sam.predictor_inputs import as_rgb_image
@@ -62,9 +64,14 @@ class DemoSession:
         self.decode_ms = None
 
     def export_dir(self) -> Path:
-        """This session's private download folder, made on first export."""
+        """This session's private download folder, made on first export.
+
+        It is deleted by :meth:`close` or, failing that, when the session is garbage collected
+        (Gradio evicts sessions beyond ``state_session_capacity`` without a callback).
+        """
         if self._export_dir is None or not self._export_dir.is_dir():
             self._export_dir = Path(tempfile.mkdtemp(prefix="effvit-sam-demo-"))
+            weakref.finalize(self, shutil.rmtree, self._export_dir, ignore_errors=True)
         return self._export_dir
 
     def close(self) -> None:
@@ -163,12 +170,12 @@ class DemoBackend:
 
     def everything(self, session: DemoSession) -> DemoSession:
         """Automatic masks for the whole image (prompts are cleared: they do not apply)."""
-        from effvit_sam.automatic import EfficientViTSamAutomaticMaskGenerator
-
         session.history.clear()
         session.reset_results()
-        generator = EfficientViTSamAutomaticMaskGenerator(self.model,
-                                                          points_per_side=self.points_per_side)
+        # The generator encodes the image again (its own predictor): "everything" time below
+        # therefore includes one encode, unlike a click.
+        generator = EfficientViTSamAutomaticMaskGenerator(
+            self.model, points_per_side=self.points_per_side, device=self.device)
         start = time.perf_counter()
         records = generator.generate(session.image)
         session.decode_ms = (time.perf_counter() - start) * 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 
@@ -152,3 +153,52 @@ def test_status_names_model_weights_and_times(backend, image):
     status = backend.status(session)
     assert f"**encoder** {session.encode_ms:.1f} ms" in status
     assert f"**decoder** {session.decode_ms:.1f} ms" in status
+
+
+def test_an_evicted_session_leaves_no_files(backend, image):
+    # Gradio drops sessions beyond state_session_capacity without calling delete_callback.
+    session = backend.new_session(image)
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    folder = backend.export(session)[0].parent
+    assert folder.is_dir()
+    del session
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_everything_orders_largest_first_and_exports_a_label_image(backend, image, monkeypatch):
+    big = np.zeros((90, 120), bool)
+    big[10:60, 10:100] = True
+    small = np.zeros((90, 120), bool)
+    small[20:30, 20:40] = True  # inside big: must be drawn and labelled on top
+
+    class Generator:
+        def __init__(self, model, *, points_per_side, device):
+            assert points_per_side == 4
+
+        def generate(self, img):
+            return [{"segmentation": small, "area": 200, "predicted_iou": 0.9},
+                    {"segmentation": big, "area": 4500, "predicted_iou": 0.8}]
+
+    monkeypatch.setattr("demo.session.EfficientViTSamAutomaticMaskGenerator", Generator)
+    session = backend.new_session(image)
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    backend.everything(session)
+    assert session.history.current.is_empty and session.everything
+    np.testing.assert_array_equal(session.masks, np.stack([big, small]))
+    np.testing.assert_allclose(session.scores, [0.8, 0.9])
+    assert backend.mask_choices(session) == [] and "**2 masks**" in backend.status(session)
+    png, js = backend.export(session)
+    labels = np.asarray(Image.open(png))
+    assert labels[25, 30] == 2 and labels[50, 50] == 1 and labels[80, 110] == 0
+    doc = json.loads(js.read_text())
+    assert [a["area"] for a in doc["annotations"]] == [4500, 200]
+    with pytest.raises(ValueError, match="no alternative"):
+        backend.select(session, 0)
+
+
+def test_everything_with_the_real_generator(backend, image):
+    session = backend.everything(backend.new_session(image))
+    assert session.masks.shape[1:] == (90, 120) and len(session.masks) == len(session.scores)
+    areas = session.masks.sum((1, 2))
+    assert (np.diff(areas) <= 0).all()
