@@ -47,6 +47,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-sessions", type=int, default=32,
                    help="sessions kept in memory at most (least recently used dropped first)")
     args = p.parse_args(argv)
+    try:
+        args.model = resolve_name(args.model)
+    except KeyError as err:
+        p.error(str(err.args[0]))
     if not 1 <= args.port <= 65535:
         p.error(f"--port must be in 1..65535, got {args.port}")
     if args.points_per_side < 1 or args.max_sessions < 1 or args.session_ttl <= 0:
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     model, weights = load_model(args.model, checkpoint=args.checkpoint,
                                 random_weights=args.random_weights, offline=args.offline,
                                 device=device)
-    backend = DemoBackend(model=model, model_name=resolve_name(args.model), weights=weights,
+    backend = DemoBackend(model=model, model_name=args.model, weights=weights,
                           random_weights=args.random_weights, device=device,
                           points_per_side=args.points_per_side)
     app = build_app(backend, session_ttl=args.session_ttl)
