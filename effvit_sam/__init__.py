@@ -17,19 +17,23 @@ _EXPORTS = {
     "load_checkpoint": ".checkpoint", "save_pretrained": ".checkpoint",
     "MODEL_CONFIGS": ".configs", "EncoderConfig": ".configs", "SamConfig": ".configs",
     "EfficientViTSam": ".modeling",
+    "EfficientViTSamPredictor": ".predictor",
+    "EfficientViTSamAutomaticMaskGenerator": ".automatic",
 }
 
 __all__ = [
-    "MODEL_CONFIGS", "CheckpointError", "EfficientViTSam", "EncoderConfig", "SamConfig",
-    "build_sam", "from_pretrained", "get_config", "list_models", "load_checkpoint",
-    "save_pretrained",
+    "MODEL_CONFIGS", "CheckpointError", "EfficientViTSam", "EfficientViTSamAutomaticMaskGenerator",
+    "EfficientViTSamPredictor", "EncoderConfig", "SamConfig", "build_sam", "from_pretrained",
+    "get_config", "list_models", "load_checkpoint", "save_pretrained",
 ]
 
 if TYPE_CHECKING:
+    from .automatic import EfficientViTSamAutomaticMaskGenerator
     from .build import build_sam, get_config, list_models
     from .checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_pretrained
     from .configs import MODEL_CONFIGS, EncoderConfig, SamConfig
     from .modeling import EfficientViTSam
+    from .predictor import EfficientViTSamPredictor
 
 
 def __getattr__(name: str):
