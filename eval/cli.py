@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
 import torch
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write every metric and the run's settings to this JSON")
     p.add_argument("--limit", type=int, help="evaluate only the first N images (sorted ids)")
     p.add_argument("--num-clicks", type=int, default=5, help="clicks per instance (point)")
+    p.add_argument("--feed-logits", action="store_true", help="point: give each round's "
+                   "low-res logits to the next as mask_input (off: clicks only, as the "
+                   "official figures)")
     p.add_argument("--max-prompts", type=int, default=64,
                    help="prompts per decoder call (bounds memory on crowded images)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (no "
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate.utils import gather_object
 
     task = EvalTask(mode=args.mode, num_clicks=args.num_clicks, limit=args.limit,
-                    detections=args.detections)
+                    detections=args.detections, feed_logits=args.feed_logits)
     dataset = EvalDataset(args.dataset, args.annotations, args.images)
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = torch.device(args.device) if args.device else accelerator.device
@@ -67,15 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         logger.info("evaluating %s on %s (%s) with %d process(es)", args.model, args.dataset,
                     args.mode, accelerator.num_processes)
+    start = time.perf_counter()
     summary = run_evaluation(task, predictor, dataset, process_index=accelerator.process_index,
                              num_processes=accelerator.num_processes, gather=gather_object)
     if summary is None:
         return 0
+    seconds = time.perf_counter() - start  # includes scoring; a rough figure, never tested
+    done = summary.get("num_instances", {}).get("all", summary.get("num_detections", 0))
+    summary["timing"] = {"seconds": round(seconds, 3),
+                         "prompts_per_second": round(done / seconds, 3) if seconds else None}
     settings = {
         "model": args.model, "checkpoint": args.checkpoint,
         "checkpoint_sha256": file_sha256(args.checkpoint), "dataset": args.dataset,
         "annotations": args.annotations, "images": args.images, "detections": args.detections,
         "mode": args.mode, "num_clicks": args.num_clicks if args.mode == "point" else None,
+        "feed_logits": args.feed_logits if args.mode == "point" else None,
         "limit": args.limit, "seed": None if args.checkpoint else args.seed,
         "num_processes": accelerator.num_processes, "device": str(device),
     }

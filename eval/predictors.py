@@ -4,11 +4,12 @@ The runner needs only two calls, so any model plugs in (the oracle and known-err
 of the tests, a segment_anything ``Sam`` behind an adapter, ...):
 
 * ``set_image(image)`` - ``H x W x 3`` uint8 RGB; the image is encoded once;
-* ``predict_batch(boxes=..., points=..., labels=..., multimask_output=...)`` - K prompts of
-  that image at once, all in original-image pixels: ``boxes`` ``K x 4`` XYXY, or ``points``
-  ``K x N x 2`` (x, y) with ``labels`` ``K x N`` (1 foreground, 0 background, -1 padding).
-  Returns ``(masks K x M x H x W bool, scores K x M)``: M = 3 with ``multimask_output``, else 1;
-  scores are the model's predicted IoUs.
+* ``predict_batch(boxes=..., points=..., labels=..., mask_input=..., multimask_output=...)`` -
+  K prompts of that image at once, all in original-image pixels: ``boxes`` ``K x 4`` XYXY, or
+  ``points`` ``K x N x 2`` (x, y) with ``labels`` ``K x N`` (1 foreground, 0 background, -1
+  padding); optional ``mask_input`` ``K x 1 x 256 x 256`` logits. Returns
+  ``(masks K x M x H x W bool, scores K x M, low_res K x M x 256 x 256)``: M = 3 with
+  ``multimask_output``, else 1; scores are the model's predicted IoUs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class BatchPredictor(Protocol):
     def set_image(self, image: np.ndarray) -> None: ...
 
     def predict_batch(self, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
-                      labels: np.ndarray | None = None,
-                      multimask_output: bool) -> tuple[np.ndarray, np.ndarray]: ...
+                      labels: np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                      multimask_output: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 class SamBatchPredictor:
@@ -51,8 +52,8 @@ class SamBatchPredictor:
         self.predictor.set_image(image)
 
     def predict_batch(self, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
-                      labels: np.ndarray | None = None,
-                      multimask_output: bool) -> tuple[np.ndarray, np.ndarray]:
+                      labels: np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                      multimask_output: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if (points is None) != (labels is None):
             raise ValueError("points and labels must be given together")
         if (boxes is None) == (points is None):
@@ -70,22 +71,28 @@ class SamBatchPredictor:
                                                             frame), dtype=torch.float32,
                                       device=device)
             label_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
+        mask_t = None
+        if mask_input is not None:
+            mask_t = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=device)
         count = len(box_t) if box_t is not None else len(point_t)
         if count == 0:
             raise ValueError("no prompts given")
-        masks, scores = [], []
+        masks, scores, low_res = [], [], []
         for start in range(0, count, self.max_prompts):
             part = slice(start, start + self.max_prompts)
-            m, s, _ = self.predictor.predict_torch(
+            m, s, low = self.predictor.predict_torch(
                 None if point_t is None else point_t[part],
                 None if label_t is None else label_t[part],
                 boxes=None if box_t is None else box_t[part],
+                mask_input=None if mask_t is None else mask_t[part],
                 multimask_output=multimask_output)
             masks.append(m.cpu().numpy())
             scores.append(s.float().cpu().numpy())
-        return np.concatenate(masks), np.concatenate(scores)
+            low_res.append(low.float().cpu().numpy())
+        return np.concatenate(masks), np.concatenate(scores), np.concatenate(low_res)
 
 
 def best_masks(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per prompt, the mask with the highest predicted IoU: ``K x M x H x W`` -> ``K x H x W``."""
+    """Per prompt, the mask with the highest predicted IoU: ``K x M x ...`` -> ``K x ...``
+    (works for full-size masks and for low-res logits alike)."""
     return masks[np.arange(len(masks)), scores.argmax(axis=1)]

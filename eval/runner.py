@@ -9,9 +9,10 @@ Modes:
   detector's scores and categories, are scored by COCOeval / LVISEval (mask AP).
 * ``point`` - simulated clicks (:mod:`eval.clicks`): round 1 is the first click with multimask
   output (one click is ambiguous; the best-scored mask is kept), rounds 2..N give all clicks so
-  far with single-mask output, as SAM recommends for unambiguous prompts. The previous round's
-  low-res logits are *not* fed back as ``mask_input``: the official EfficientViT-SAM figures
-  are measured without it, and it ties the result to the decoder's own mistakes.
+  far with single-mask output, as SAM recommends for unambiguous prompts. By default the
+  previous round's low-res logits are *not* fed back as ``mask_input`` (``feed_logits=True``,
+  ``--feed-logits``, does): the official EfficientViT-SAM figures are measured from the clicks
+  alone, and each round then measures the prompts, not the decoder's memory of its mistakes.
 
 Crowd annotations are skipped in the mIoU modes (they are not single objects); COCOeval handles
 them itself in ``box-from-detector``.
@@ -40,12 +41,15 @@ REPORTED_CLICKS = (1, 3, 5)
 
 @dataclass(frozen=True)
 class EvalTask:
-    """What to evaluate. ``limit``: only the first N images (sorted ids), for quick runs."""
+    """What to evaluate. ``limit``: only the first N images (sorted ids), for quick runs;
+    ``feed_logits``: point mode feeds each round's low-res logits to the next (off by default).
+    """
 
     mode: str
     num_clicks: int = 5
     limit: int | None = None
     detections: str | None = None
+    feed_logits: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -87,23 +91,31 @@ def eval_image_boxes(predictor: BatchPredictor, image: np.ndarray, instances: li
     """GT-box prompts for all instances of one image in one batched call."""
     predictor.set_image(image)
     boxes = np.stack([inst.box_xyxy for inst in instances])
-    masks, scores = predictor.predict_batch(boxes=boxes, multimask_output=True)
+    masks, scores, _ = predictor.predict_batch(boxes=boxes, multimask_output=True)
     chosen = best_masks(masks, scores)
     return [InstanceResult(inst.ann_id, inst.image_id, inst.size, (mask_iou(pred, gt),))
             for inst, pred, gt in zip(instances, chosen, gts, strict=True)]
 
 
 def eval_image_clicks(predictor: BatchPredictor, image: np.ndarray, instances: list[Instance],
-                      gts: list[np.ndarray], *, num_clicks: int) -> list[InstanceResult]:
-    """``num_clicks`` rounds of simulated clicks; each round is one call for all instances."""
+                      gts: list[np.ndarray], *, num_clicks: int,
+                      feed_logits: bool = False) -> list[InstanceResult]:
+    """``num_clicks`` rounds of simulated clicks; each round is one call for all instances.
+
+    ``feed_logits``: from round 2 on, also give each instance's previous low-res logits (of
+    the mask kept) as ``mask_input``, as SAM's interactive training loop does.
+    """
     predictor.set_image(image)
     clicks: list[list[Click | None]] = [[first_click(gt)] for gt in gts]
     ious: list[list[float]] = [[] for _ in gts]
+    previous = None
     for round_ in range(num_clicks):
         coords, labels = clicks_to_arrays(clicks)
-        masks, scores = predictor.predict_batch(points=coords, labels=labels,
-                                                multimask_output=round_ == 0)
+        masks, scores, low_res = predictor.predict_batch(
+            points=coords, labels=labels, mask_input=previous, multimask_output=round_ == 0)
         chosen = best_masks(masks, scores)
+        if feed_logits:
+            previous = best_masks(low_res, scores)[:, None]
         for i, (pred, gt) in enumerate(zip(chosen, gts, strict=True)):
             ious[i].append(mask_iou(pred, gt))
             if round_ + 1 < num_clicks:
@@ -124,7 +136,7 @@ def eval_image_detections(predictor: BatchPredictor, image: np.ndarray, image_id
     if not keep:
         return [], len(detections)
     predictor.set_image(image)
-    masks, scores = predictor.predict_batch(boxes=np.stack([boxes[i] for i in keep]),
+    masks, scores, _ = predictor.predict_batch(boxes=np.stack([boxes[i] for i in keep]),
                                             multimask_output=True)
     results = [{"image_id": image_id, "category_id": int(detections[i]["category_id"]),
                 "segmentation": mask_to_rle(mask), "score": float(detections[i]["score"])}
@@ -153,7 +165,8 @@ def eval_image(task: EvalTask, predictor: BatchPredictor, dataset: EvalDataset, 
         record.instances = eval_image_boxes(predictor, image, instances, gts)
     else:
         record.instances = eval_image_clicks(predictor, image, instances, gts,
-                                             num_clicks=task.num_clicks)
+                                             num_clicks=task.num_clicks,
+                                             feed_logits=task.feed_logits)
     return record
 
 

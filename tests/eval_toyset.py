@@ -154,14 +154,20 @@ class FakePredictor:
     def set_image(self, image: np.ndarray) -> None:
         self.shape, self.key = image.shape[:2], image_key(image)
 
-    def predict_batch(self, *, boxes=None, points=None, labels=None, multimask_output):
+    def predict_batch(self, *, boxes=None, points=None, labels=None, mask_input=None,
+                      multimask_output):
         self.calls.append({"boxes": boxes, "points": points, "labels": labels,
-                           "multimask": multimask_output})
+                           "mask_input": mask_input, "multimask": multimask_output})
         if boxes is not None:
             targets = [self.for_box(np.asarray(b)) for b in boxes]
         else:
             targets = [self.for_points(p, lab) for p, lab in zip(points, labels, strict=True)]
-        return _pack(targets, multimask_output)
+        masks, scores = _pack(targets, multimask_output)
+        # low-res logits that name their call and slot: (call number, slot index)
+        low_res = np.zeros((*masks.shape[:2], 256, 256), dtype=np.float32)
+        low_res[:, :, 0, 0] = len(self.calls)
+        low_res[:, :, 0, 1] = np.arange(masks.shape[1])
+        return masks, scores, low_res
 
 
 class OraclePredictor(FakePredictor):

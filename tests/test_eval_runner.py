@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval.cli import main
@@ -71,6 +72,19 @@ def test_point_oracle_gives_100_after_every_click(tmp_path):
     assert [c["multimask"] for c in oracle.calls[:5]] == [True, False, False, False, False]
     # exact after the first click: later "clicks" are SAM padding points
     assert (oracle.calls[4]["labels"][:, 1:] == -1).all()
+    assert all(c["mask_input"] is None for c in oracle.calls)  # off by default
+
+
+def test_point_feed_logits_passes_the_kept_low_res_mask_on(tmp_path):
+    task = EvalTask("point", num_clicks=3, feed_logits=True)
+    _, oracle = _run(tmp_path, "coco", task, OraclePredictor, ann_ids=(11, 12))
+    assert oracle.calls[0]["mask_input"] is None
+    for n, call in enumerate(oracle.calls[1:3], start=1):
+        fed = call["mask_input"]
+        assert fed.shape == (2, 1, 256, 256)
+        # from call n, the slot the runner kept: 1 of 3 in round 1 (best score), then 0 of 1
+        assert fed[:, 0, 0, 0].tolist() == [n, n]
+        assert fed[:, 0, 0, 1].tolist() == ([1, 1] if n == 1 else [0, 0])
 
 
 def test_point_known_error_hand_computed(tmp_path):
@@ -130,7 +144,34 @@ def test_task_rejects_bad_settings():
         EvalTask("point", num_clicks=0)
 
 
-# --- the CLI with the tiny model ----------------------------------------------------------
+# --- the real predictor and the CLI with the tiny model ------------------------------------
+
+def test_adapter_matches_the_project_predictor(tiny_model):
+    """SamBatchPredictor (prompt-frame batches, chunked) == EfficientViTSamPredictor.predict."""
+    from effvit_sam.predictor import EfficientViTSamPredictor
+    from eval.predictors import SamBatchPredictor
+
+    image = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    boxes = np.array([[10, 5, 60, 40], [0, 0, 130, 90], [70, 20, 120, 85.5]])
+    points = np.array([[[20, 30], [50, 60]], [[100, 10], [5, 80]], [[64, 45], [64, 46]]])
+    labels = np.array([[1, 0], [1, 1], [0, 1]])
+    reference = EfficientViTSamPredictor(tiny_model)
+    reference.set_image(image)
+    adapter = SamBatchPredictor(tiny_model, max_prompts=2)  # 2 chunks for 3 prompts
+    adapter.set_image(image)
+    for kwargs, ref_kwargs in (({"boxes": boxes}, {"boxes": boxes}),
+                               ({"points": points, "labels": labels},
+                                {"points": points, "labels": labels})):
+        masks, scores, low = adapter.predict_batch(**kwargs, multimask_output=True)
+        ref_masks, ref_scores, ref_low = reference.predict(**ref_kwargs, multimask_output=True)
+        assert masks.shape == (3, 3, 90, 130) and masks.dtype == bool
+        np.testing.assert_array_equal(masks, ref_masks)
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+        np.testing.assert_allclose(low, ref_low, atol=1e-5)
+    with pytest.raises(ValueError, match="either boxes or points"):
+        adapter.predict_batch(multimask_output=True)
+
+
 
 def _cli_args(tmp_path, kind, mode, *extra):
     ann, images, _ = write_toyset(tmp_path / kind, kind)
@@ -152,9 +193,11 @@ def test_cli_box_end_to_end_writes_report(tmp_path, capsys):
 
 def test_cli_point_and_detector_end_to_end(tmp_path):
     out = tmp_path / "p.json"
-    assert main(_cli_args(tmp_path, "lvis", "point", "--num-clicks", "3",
+    assert main(_cli_args(tmp_path, "lvis", "point", "--num-clicks", "3", "--feed-logits",
                           "--output", str(out))) == 0
-    assert set(json.loads(out.read_text())["metrics"]) == {
+    report = json.loads(out.read_text())
+    assert report["settings"]["feed_logits"] is True
+    assert set(report["metrics"]) == {
         f"mIoU{b}@{c}click" for b in ("", "_small", "_medium", "_large") for c in (1, 3)}
     dets = _detections(tmp_path / "d.json")
     assert main(_cli_args(tmp_path, "coco", "box-from-detector", "--detections", dets,
