@@ -67,3 +67,12 @@ def test_random_weights_only_when_asked(capsys):
 def test_unknown_model_names_the_valid_ones():
     with pytest.raises(KeyError, match="efficientvit-sam-l0"):
         load_model("l7", checkpoint=None, random_weights=True, offline=True, device=CPU)
+
+
+def test_latency_tool_reports_encode_click_and_ratio(capsys):
+    from demo.latency import main
+
+    assert main(["--model", "efficientvit-sam-tiny", "--clicks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "first encode (upload handler)" in out and "median of 2" in out
+    assert "encode / click" in out
