@@ -1,0 +1,161 @@
+"""The inference fast path: ``optimize_for_inference(model) -> model`` with the same interface.
+
+Every option is a field of :class:`FastPathOptions`; :meth:`FastPathOptions.auto` picks the set
+that measurably helps on a device type (figures in the README's speed section). Each option is
+tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py``:
+
+* ``fold_bn`` - BatchNorm folded into convolutions (:func:`effvit_sam.fuse.fuse`); exact up to
+  float32 rounding (embeddings within 1e-4).
+* ``channels_last`` - NHWC activations, which oneDNN's depthwise and 1x1 kernels prefer; exact up
+  to rounding.
+* ``compile`` - ``torch.compile`` (inductor) of the image encoder. On CPU it runs with inductor's
+  weight freezing (constant-folded, prepacked oneDNN weights and conv+GELU epilogue fusion),
+  enabled only around the compiled call, never globally. Embeddings within 1e-3.
+* ``autocast_dtype`` - bf16/fp16 autocast of the encoder on GPU. The linear attention, the
+  LayerNorm and the bicubic upsampling run in float32 inside the model whatever the autocast
+  dtype, as the official model requires. Not used on CPU (no bf16 units on this class of CPU).
+* ``quantize_decoder`` - dynamic int8 quantisation of the mask decoder's ``nn.Linear`` layers
+  (CPU only; the encoder has no Linear layers). Changes masks slightly; off by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .fuse import fuse
+from .modeling import EfficientViTSam
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class FastPathOptions:
+    """Which inference optimisations to apply (see the module docstring for each one's cost)."""
+
+    fold_bn: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    freeze_weights: bool = True
+    autocast_dtype: torch.dtype | None = None
+    quantize_decoder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.autocast_dtype is not None and self.autocast_dtype not in _AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be one of {_AUTOCAST_DTYPES} or None, "
+                             f"got {self.autocast_dtype}")
+
+    @classmethod
+    def auto(cls, device: str | torch.device | None = None) -> FastPathOptions:
+        """The default for a device type: what measurably helps there.
+
+        CPU: BN folding + channels-last (``compile=True`` is opt-in, see the README's figures).
+        CUDA: the same plus a compiled encoder and bf16 autocast (fp16 where the GPU has no bf16).
+        """
+        dev = torch.device(device if device is not None else "cpu")
+        if dev.type == "cuda":
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            return cls(compile=True, autocast_dtype=torch.bfloat16 if bf16 else torch.float16)
+        if dev.type == "cpu":
+            return cls()
+        # mps and others: only the transformations that cannot hit unsupported kernels.
+        return cls()
+
+    @classmethod
+    def eager(cls) -> FastPathOptions:
+        """Nothing applied: the official float32 computation (for comparisons)."""
+        return cls(fold_bn=False, channels_last=False)
+
+    def with_(self, **changes: object) -> FastPathOptions:
+        """A copy with some fields changed; an unknown field raises ``TypeError``."""
+        return replace(self, **changes)
+
+
+class FastImageEncoder(nn.Module):
+    """Wraps an (already fused) image encoder: memory format, autocast and compilation.
+
+    Same interface as the encoder it wraps: ``img_size`` and ``B x 3 x S x S`` in,
+    ``B x C x 64 x 64`` float32 (contiguous) out. Inference only: runs under ``no_grad``.
+    """
+
+    def __init__(self, encoder: nn.Module, *, options: FastPathOptions) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.img_size = int(encoder.img_size)
+        self.options = options
+        # Kept out of the module tree so parameters are not registered twice.
+        self.__dict__["_compiled"] = torch.compile(encoder, dynamic=False) if options.compile \
+            else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.img_size, self.img_size):
+            # Checked here too so a bad input never reaches (and recompiles) the compiled graph.
+            raise ValueError(f"encoder input must be Bx3x{self.img_size}x{self.img_size}, "
+                             f"got {tuple(x.shape)}")
+        opts = self.options
+        if opts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(x.device.type, dtype=opts.autocast_dtype) \
+            if opts.autocast_dtype is not None else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            if self._compiled is None:
+                out = self.encoder(x)
+            elif x.device.type == "cpu" and opts.freeze_weights:
+                # Freezing must be on when inductor compiles (on the first call and on any
+                # recompilation for a new batch size), so it is scoped to this call only.
+                import torch._inductor.config as inductor_config
+
+                with inductor_config.patch(freezing=True):
+                    out = self._compiled(x)
+            else:
+                out = self._compiled(x)
+        return out.float().contiguous()
+
+
+def _quantize_linear_int8(module: nn.Module) -> nn.Module:
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+
+
+def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device | None = None,
+                           options: FastPathOptions | None = None) -> EfficientViTSam:
+    """An inference copy of ``model`` with the fast path applied; ``model`` is not modified.
+
+    device: where the copy runs (default: the model's device). options: default
+    ``FastPathOptions.auto(device)``. The result is an :class:`EfficientViTSam` (same
+    ``encode``/``decode``/``postprocess_masks``/``encoder_size``/``config``) whose image encoder
+    is a :class:`FastImageEncoder`; it is meant for inference only (no gradients).
+    """
+    if not isinstance(model, EfficientViTSam):
+        raise TypeError(f"optimize_for_inference expects an EfficientViTSam, "
+                        f"got {type(model).__name__}")
+    dev = torch.device(device) if device is not None else model.device
+    opts = options if options is not None else FastPathOptions.auto(dev)
+    if not isinstance(opts, FastPathOptions):
+        raise TypeError(f"options must be FastPathOptions, got {type(opts).__name__}")
+    if opts.autocast_dtype is not None and dev.type == "cpu":
+        raise ValueError("autocast_dtype is for GPUs; on CPU it is slower and less accurate")
+    if opts.quantize_decoder and dev.type != "cpu":
+        raise ValueError("quantize_decoder (dynamic int8) runs on CPU only")
+
+    base = fuse(model) if opts.fold_bn else copy.deepcopy(model).eval()
+    base.to(dev)
+    encoder = base.image_encoder
+    if opts.channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    decoder = _quantize_linear_int8(base.mask_decoder) if opts.quantize_decoder \
+        else base.mask_decoder
+    log.info("fast path on %s: %s", dev, opts)
+    fast = EfficientViTSam(FastImageEncoder(encoder, options=opts), base.prompt_encoder, decoder,
+                           config=base.config)
+    return fast.eval()

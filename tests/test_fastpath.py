@@ -1,0 +1,145 @@
+"""The inference fast path: every option against eager float32, with stated tolerances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from effvit_sam import build_sam
+from effvit_sam.fastpath import FastImageEncoder, FastPathOptions, optimize_for_inference
+from effvit_sam.modeling import EfficientViTSam
+
+from .test_fuse import randomise_bn
+
+# Tolerances against eager float32 (embeddings are O(1) after the final LayerNorm).
+EMBED_ATOL = {"exact": 1e-4, "compile": 1e-3}
+LOGIT_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny() -> EfficientViTSam:
+    torch.manual_seed(0)
+    return randomise_bn(build_sam("efficientvit-sam-tiny"), seed=5)
+
+
+def _inputs(model: EfficientViTSam, batch: int = 2) -> torch.Tensor:
+    s = model.encoder_size
+    return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(6))
+
+
+def _decode(model: EfficientViTSam, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    coords = torch.tensor([[[300.0, 400.0], [700.0, 200.0]]])
+    labels = torch.tensor([[1, 0]])
+    boxes = torch.tensor([[100.0, 150.0, 800.0, 900.0]])
+    with torch.no_grad():
+        return model.decode(embedding, points=(coords, labels), boxes=boxes, mask_input=None,
+                            multimask_output=True)
+
+
+def _check_against_eager(tiny: EfficientViTSam, options: FastPathOptions, atol: float) -> None:
+    fast = optimize_for_inference(tiny, device="cpu", options=options)
+    x = _inputs(tiny)
+    with torch.no_grad():
+        expected = tiny.encode(x)
+    got = fast.encode(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert (got - expected).abs().max().item() < atol
+    logits_ref, iou_ref = _decode(tiny, expected[:1])
+    logits, iou = _decode(fast, got[:1])
+    assert (logits - logits_ref).abs().max().item() < LOGIT_ATOL
+    assert (iou - iou_ref).abs().max().item() < 1e-4
+    # Masks (logits > 0) agree on at least 99.99% of pixels, the reference's own criterion.
+    assert ((logits > 0) == (logits_ref > 0)).float().mean().item() >= 0.9999
+
+
+@pytest.mark.parametrize("options", [
+    FastPathOptions.eager(),
+    FastPathOptions(fold_bn=True, channels_last=False),
+    FastPathOptions(fold_bn=False, channels_last=True),
+    FastPathOptions(),
+], ids=["eager", "fold_bn", "channels_last", "fold_bn+channels_last"])
+def test_exact_options_match_eager(tiny: EfficientViTSam, options: FastPathOptions) -> None:
+    _check_against_eager(tiny, options, EMBED_ATOL["exact"])
+
+
+@pytest.mark.slow
+def test_compiled_encoder_matches_eager(tiny: EfficientViTSam) -> None:
+    # Inductor with weight freezing (CPU): the first call compiles (slow on 2 cores).
+    _check_against_eager(tiny, FastPathOptions(compile=True), EMBED_ATOL["compile"])
+
+
+def test_freezing_is_scoped_to_the_compiled_call(tiny: EfficientViTSam) -> None:
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.freezing
+    fast = optimize_for_inference(tiny, device="cpu", options=FastPathOptions())
+    fast.encode(_inputs(tiny, 1))
+    assert inductor_config.freezing == before
+
+
+def test_quantized_decoder_close_to_float(tiny: EfficientViTSam) -> None:
+    fast = optimize_for_inference(tiny, device="cpu",
+                                  options=FastPathOptions(quantize_decoder=True))
+    assert not any(isinstance(m, nn.Linear) and type(m) is nn.Linear
+                   for m in fast.mask_decoder.modules())
+    with torch.no_grad():
+        emb = tiny.encode(_inputs(tiny, 1))
+    logits_ref, iou_ref = _decode(tiny, emb)
+    logits, iou = _decode(fast, emb)
+    # int8 weights and activations: logits move by a few percent of their range, masks barely.
+    scale = logits_ref.abs().max().item()
+    assert (logits - logits_ref).abs().max().item() < 0.1 * scale
+    assert ((logits > 0) == (logits_ref > 0)).float().mean().item() > 0.98
+    assert not torch.equal(logits, logits_ref)  # the option really changed the computation
+
+
+def test_interface_and_original_untouched(tiny: EfficientViTSam) -> None:
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    fast = optimize_for_inference(tiny)
+    assert isinstance(fast, EfficientViTSam) and isinstance(fast.image_encoder, FastImageEncoder)
+    assert fast.encoder_size == tiny.encoder_size == fast.image_encoder.img_size
+    assert fast.config == tiny.config
+    assert fast.prompt_encoder is not tiny.prompt_encoder
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    torch.testing.assert_close(fast.preprocess(image), tiny.preprocess(image))
+    low = torch.randn(1, 3, 256, 256)
+    torch.testing.assert_close(fast.postprocess_masks(low, (683, 1024), (40, 60)),
+                               tiny.postprocess_masks(low, (683, 1024), (40, 60)))
+    for key, value in tiny.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(ValueError, match="encoder input"):
+        fast.encode(torch.zeros(1, 3, 32, 32))
+
+
+def test_bad_options_raise(tiny: EfficientViTSam) -> None:
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        FastPathOptions(autocast_dtype=torch.float64)
+    with pytest.raises(ValueError, match="GPU"):
+        optimize_for_inference(tiny, device="cpu",
+                               options=FastPathOptions(autocast_dtype=torch.bfloat16))
+    with pytest.raises(TypeError):
+        optimize_for_inference(nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        FastPathOptions().with_(no_such_option=True)
+
+
+def test_auto_options_per_device() -> None:
+    cpu = FastPathOptions.auto("cpu")
+    assert cpu.fold_bn and cpu.channels_last and cpu.autocast_dtype is None
+    cuda = FastPathOptions.auto("cuda")
+    assert cuda.autocast_dtype in (torch.bfloat16, torch.float16) and cuda.compile
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_autocast_close_to_float32(tiny: EfficientViTSam) -> None:
+    model = tiny.to("cuda")
+    fast = optimize_for_inference(model, device="cuda",
+                                  options=FastPathOptions(autocast_dtype=torch.bfloat16))
+    x = _inputs(model).cuda()
+    with torch.no_grad():
+        expected = model.encode(x)
+    # bf16 convolutions: a 8-bit mantissa, so a few 1e-2 after the final LayerNorm.
+    assert (fast.encode(x) - expected).abs().max().item() < 5e-2
