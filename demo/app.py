@@ -72,13 +72,15 @@ def build_app(backend: DemoBackend, *, session_ttl: float = 1800.0,
     examples = example_images() if examples is None else list(examples)
 
     def view(session: DemoSession | None) -> tuple:
-        """The outputs every handler refreshes: state, overlay, mask selector, status."""
+        """The outputs every handler refreshes: state, overlay, mask selector, status, and the
+        two download slots, emptied so a download never shows a mask other than the one drawn."""
         if session is None:
-            return None, None, gr.Radio(choices=[], value=None, visible=False), backend.status(None)
+            return (None, None, gr.Radio(choices=[], value=None, visible=False),
+                    backend.status(None), None, None)
         choices = backend.mask_choices(session)
         selector = gr.Radio(choices=choices, value=session.selected if choices else None,
                             visible=bool(choices))
-        return session, backend.overlay(session), selector, backend.status(session)
+        return session, backend.overlay(session), selector, backend.status(session), None, None
 
     def require(session: DemoSession | None) -> DemoSession:
         if session is None or session.predictor is None:
@@ -89,8 +91,8 @@ def build_app(backend: DemoBackend, *, session_ttl: float = 1800.0,
     def on_upload(image: np.ndarray | None, session: DemoSession | None) -> tuple:
         if image is None:  # the upload was cleared
             close_session(session)
-            return (*view(None), None, None)
-        return (*view(backend.new_session(image, previous=session)), None, None)
+            return view(None)
+        return view(backend.new_session(image, previous=session))
 
     @_user_errors
     def on_click(session: DemoSession | None, x: float, y: float, mode: str, background: bool,
@@ -175,9 +177,8 @@ def build_app(backend: DemoBackend, *, session_ttl: float = 1800.0,
         api_y = gr.Number(visible="hidden", label="y")
         api_click = gr.Button(visible="hidden")
 
-        views = [state, overlay, choice, status]
-        upload.change(on_upload, [upload, state], [*views, png_file, json_file],
-                      api_name="upload")
+        views = [state, overlay, choice, status, png_file, json_file]
+        upload.change(on_upload, [upload, state], views, api_name="upload")
         overlay.select(on_select, [state, mode, background, multimask], views, api_name=False)
         api_click.click(on_click, [state, api_x, api_y, mode, background, multimask], views,
                         api_name="click")

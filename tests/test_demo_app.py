@@ -150,10 +150,10 @@ def test_prompt_editing_and_export_through_the_api(server, tmp_path):
     c = _client(server)
     c.predict(handle_file(str(image)), api_name="/upload")
     c.predict(10, 10, "point", False, True, api_name="/click")
-    _, choice, _ = c.predict(50, 30, "point", True, True, api_name="/click")
+    _, choice, *_ = c.predict(50, 30, "point", True, True, api_name="/click")
     assert [i for _, i in choice["choices"]] == [0, 1, 2] and choice["visible"]
     c.predict(api_name="/undo")
-    _, choice, _ = c.predict(0, api_name="/select")
+    _, choice, *_ = c.predict(0, api_name="/select")
     assert choice["value"] == 0
     png, js = c.predict(api_name="/export")
     doc = json.loads(Path(js).read_text())
@@ -161,7 +161,8 @@ def test_prompt_editing_and_export_through_the_api(server, tmp_path):
     assert rec["point_coords"] == [[10.0, 10.0]] and rec["point_labels"] == [1]
     np.testing.assert_array_equal(np.asarray(Image.open(png)) > 0,
                                   rle_to_mask(rec["segmentation"]))
-    overlay, choice, _ = c.predict(api_name="/clear")
+    overlay, choice, _, png_slot, json_slot = c.predict(api_name="/clear")
+    assert png_slot is None and json_slot is None  # stale downloads are removed from the page
     np.testing.assert_array_equal(_image(overlay), _image(str(image)))  # nothing drawn
     assert not choice["visible"]
 
@@ -169,7 +170,7 @@ def test_prompt_editing_and_export_through_the_api(server, tmp_path):
 def test_everything_mode_through_the_api(server):
     c = _client(server)
     c.predict(handle_file(str(EXAMPLE)), api_name="/upload")
-    overlay, _, status = c.predict("everything", api_name="/set_mode")
+    overlay, _, status, *_ = c.predict("everything", api_name="/set_mode")
     assert "**everything**" in status and re.search(r"\*\*\d+ masks\*\*", status)
     assert _image(overlay).shape == (360, 480, 3)
     png, js = c.predict(api_name="/export")
