@@ -140,24 +140,49 @@ def mask_to_low_res(masks: np.ndarray | torch.Tensor, frame: int = PROMPT_FRAME,
                     low_res: int = LOW_RES_MASK_SIZE) -> torch.Tensor:
     """Original-frame ``... x H x W`` bool masks to the decoder's ``... x 256 x 256`` frame.
 
-    The inverse of :func:`postprocess_masks`: each mask is resized to the prompt-frame input
-    size ``(h, w) = preprocess_shape(H, W, frame)`` (antialiased bilinear, i.e. the fraction of
-    each prompt-frame pixel the mask covers), zero-padded bottom/right to ``frame x frame``,
-    then area-averaged over ``frame / low_res`` pixel blocks and kept where the average is at
-    least 0.5. Returns a bool tensor on the input's device (CPU for numpy input).
+    The inverse of :func:`postprocess_masks`: low-res cell ``(i, j)`` covers prompt-frame
+    pixels ``[4i, 4i + 4) x [4j, 4j + 4)`` of the image resized to ``(h, w) =
+    preprocess_shape(H, W, frame)`` and zero-padded bottom/right to ``frame x frame``. A cell is
+    set when the mask covers at least half of its area (an exact box-filter area average, for
+    up- and downscaling alike; padding counts as uncovered). Computed from each mask's integral
+    image over its bounding box, so small masks in large photos are cheap. Returns bool on the
+    input's device.
     """
     masks = torch.as_tensor(masks)
     if masks.ndim < 2:
         raise ValueError(f"masks must be ... x H x W, got shape {tuple(masks.shape)}")
-    if frame % low_res:
-        raise ValueError(f"frame {frame} is not a multiple of the low-res size {low_res}")
     lead, (height, width) = masks.shape[:-2], masks.shape[-2:]
     h, w = preprocess_shape(height, width, frame)
-    x = masks.reshape(-1, 1, height, width).float()
-    if x.shape[0] == 0:
-        return torch.zeros(*lead, low_res, low_res, dtype=torch.bool, device=masks.device)
-    if (h, w) != (height, width):
-        x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)
-    x = F.pad(x, (0, frame - w, 0, frame - h))
-    x = F.avg_pool2d(x, frame // low_res)
-    return (x >= 0.5).reshape(*lead, low_res, low_res)
+    cell = frame / low_res
+    # Cell edges mapped back to the original frame; clipped, as the padding holds no mask.
+    grid = torch.arange(low_res + 1, dtype=torch.float64, device=masks.device) * cell
+    y_edges = grid.clamp(max=h) * (height / h)
+    x_edges = grid.clamp(max=w) * (width / w)
+    to_fraction = (h / height) * (w / width) / cell**2  # original pixels -> share of a cell
+    flat = masks.reshape(-1, height, width).bool()
+    out = torch.zeros(flat.shape[0], low_res, low_res, dtype=torch.bool, device=masks.device)
+    for k, mask in enumerate(flat):
+        rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+        if rows.numel() == 0:
+            continue
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        crop = mask[r0:r1, c0:c1].to(torch.float64)
+        # Integral image read at the cell edges: exact, since the integral of a pixel-constant
+        # mask is linear between pixel edges.
+        integral = F.pad(crop.cumsum(0), (0, 0, 1, 0))
+        integral = _lerp_rows(integral, y_edges - r0)
+        integral = _lerp_rows(F.pad(integral.cumsum(1), (1, 0)).T, x_edges - c0).T
+        area = (integral[1:, 1:] - integral[:-1, 1:] - integral[1:, :-1]
+                + integral[:-1, :-1])
+        out[k] = area * to_fraction >= 0.5
+    return out.reshape(*lead, low_res, low_res)
+
+
+def _lerp_rows(table: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows of an ``(n + 1) x m`` table read at fractional ``pos`` (clamped to ``[0, n]``)."""
+    n = table.shape[0] - 1
+    pos = pos.clamp(0, n)
+    lo = pos.floor().long().clamp(max=max(n - 1, 0))
+    hi = (lo + 1).clamp(max=n)
+    t = (pos - lo)[:, None]
+    return table[lo] * (1 - t) + table[hi] * t
