@@ -125,26 +125,24 @@ def write_sa1b_shards(out_dir: str | Path, *, num_shards: int, images_per_shard:
     paths = []
     with tqdm(total=num_shards * images_per_shard, desc="make-shards", unit="img") as bar:
         for shard in range(num_shards):
-            members: list[tuple[str, bytes]] = []
-            for i in range(images_per_shard):
-                image_id = shard * images_per_shard + i + 1
-                scene = scene_for(seed, SHARD_STREAM, image_id, long_side=image_size)
-                rng = np.random.default_rng([seed, SHARD_STREAM, image_id, 1])
-                record = sa1b_record(scene, image_id=image_id, rng=rng)
-                members.append((f"sa_{image_id}.jpg", jpeg_bytes(scene.image)))
-                members.append((f"sa_{image_id}.json", json.dumps(record).encode()))
-                bar.update()
+            ids = range(shard * images_per_shard + 1, (shard + 1) * images_per_shard + 1)
+
+            def write(tmp: str, ids: range = ids) -> None:
+                # Streamed into the temporary file: a shard never sits in memory whole.
+                with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                    for image_id in ids:
+                        scene = scene_for(seed, SHARD_STREAM, image_id, long_side=image_size)
+                        rng = np.random.default_rng([seed, SHARD_STREAM, image_id, 1])
+                        record = sa1b_record(scene, image_id=image_id, rng=rng)
+                        _add_member(tar, f"sa_{image_id}.jpg", jpeg_bytes(scene.image))
+                        _add_member(tar, f"sa_{image_id}.json", json.dumps(record).encode())
+                        bar.update()
+
             path = out_dir / f"sa_{shard:06d}.tar"
-            atomic_write(path, lambda p, m=members: _write_tar(p, m))
+            atomic_write(path, write)
             paths.append(path)
     logger.info("wrote %d shards to %s", num_shards, out_dir)
     return paths
-
-
-def _write_tar(path: str, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            _add_member(tar, name, data)
 
 
 def write_eval_set(out_dir: str | Path, *, num_images: int, seed: int = 0,
