@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feed-logits", action="store_true", help="point: give each round's "
                    "low-res logits to the next as mask_input (off: clicks only, as the "
                    "official figures)")
+    p.add_argument("--include-crowd", action="store_true", help="box/point: also prompt "
+                   "crowd (iscrowd) regions, as the official script does (skipped by default)")
     p.add_argument("--max-prompts", type=int, default=64,
                    help="prompts per decoder call (bounds memory on crowded images)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (no "
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate.utils import gather_object
 
     task = EvalTask(mode=args.mode, num_clicks=args.num_clicks, limit=args.limit,
-                    detections=args.detections, feed_logits=args.feed_logits)
+                    detections=args.detections, feed_logits=args.feed_logits,
+                    include_crowd=args.include_crowd)
     dataset = EvalDataset(args.dataset, args.annotations, args.images)
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = torch.device(args.device) if args.device else accelerator.device
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "annotations": args.annotations, "images": args.images, "detections": args.detections,
         "mode": args.mode, "num_clicks": args.num_clicks if args.mode == "point" else None,
         "feed_logits": args.feed_logits if args.mode == "point" else None,
+        "include_crowd": args.include_crowd if args.mode != "box-from-detector" else None,
         "limit": args.limit, "seed": None if args.checkpoint else args.seed,
         "num_processes": accelerator.num_processes, "device": str(device),
     }

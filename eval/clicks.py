@@ -6,7 +6,8 @@ official EfficientViT-SAM and SAM evaluations):
 * the first click is positive, at the pixel of the object farthest from its boundary;
 * each next click goes into the error region whose interior point lies farther from its own
   boundary (the distance-transform maxima are compared): a false-negative region gets a
-  positive click, a false-positive region a negative one; ties go to the false negatives.
+  positive click, a false-positive region a negative one; the click is positive only when the
+  false negatives are strictly farther (RITM's rule, so ties go to the false positives).
 
 Distances are Euclidean, measured with the image border counted as boundary (the masks are
 zero-padded by one pixel first), so a click never hugs the frame. Clicks are ``(x, y)`` integer
@@ -65,7 +66,7 @@ def next_click(gt: np.ndarray, pred: np.ndarray) -> Click | None:
     fp_x, fp_y, fp_dist = farthest_from_boundary(pred & ~gt)
     if fn_dist == 0 and fp_dist == 0:
         return None
-    if fn_dist >= fp_dist:
+    if fn_dist > fp_dist:
         return Click(fn_x, fn_y, True)
     return Click(fp_x, fp_y, False)
 

@@ -7,15 +7,18 @@ Modes:
   with the highest predicted IoU kept; mIoU overall and by size.
 * ``box-from-detector`` - a detector's boxes prompt the model the same way; the masks, with the
   detector's scores and categories, are scored by COCOeval / LVISEval (mask AP).
-* ``point`` - simulated clicks (:mod:`eval.clicks`): round 1 is the first click with multimask
-  output (one click is ambiguous; the best-scored mask is kept), rounds 2..N give all clicks so
-  far with single-mask output, as SAM recommends for unambiguous prompts. By default the
-  previous round's low-res logits are *not* fed back as ``mask_input`` (``feed_logits=True``,
-  ``--feed-logits``, does): the official EfficientViT-SAM figures are measured from the clicks
-  alone, and each round then measures the prompts, not the decoder's memory of its mistakes.
+* ``point`` - simulated clicks (:mod:`eval.clicks`): round r gives all r clicks so far, with
+  multimask output and the best-scored mask kept, in every round, as the official
+  EfficientViT-SAM evaluation does. By default the previous round's low-res logits are *not*
+  fed back as ``mask_input`` (``feed_logits=True``, ``--feed-logits``, does): the official
+  figures are measured from the clicks alone, and each round then measures the prompts, not the
+  decoder's memory of its own mistakes.
 
-Crowd annotations are skipped in the mIoU modes (they are not single objects); COCOeval handles
-them itself in ``box-from-detector``.
+Crowd annotations (``iscrowd: 1``) are skipped in the mIoU modes by default: a crowd region
+covers many objects, so one object's mask IoU against it means little. The official script
+keeps them; ``include_crowd=True`` (``--include-crowd``) does too, to compare exactly.
+COCOeval handles crowds itself in ``box-from-detector``. Instances with an empty mask or box
+are skipped and counted (``skipped_prompts``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ REPORTED_CLICKS = (1, 3, 5)
 @dataclass(frozen=True)
 class EvalTask:
     """What to evaluate. ``limit``: only the first N images (sorted ids), for quick runs;
-    ``feed_logits``: point mode feeds each round's low-res logits to the next (off by default).
+    ``feed_logits``: point mode feeds each round's low-res logits to the next (off by default);
+    ``include_crowd``: mIoU modes also prompt crowd regions (skipped by default).
     """
 
     mode: str
@@ -50,6 +54,7 @@ class EvalTask:
     limit: int | None = None
     detections: str | None = None
     feed_logits: bool = False
+    include_crowd: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -112,7 +117,7 @@ def eval_image_clicks(predictor: BatchPredictor, image: np.ndarray, instances: l
     for round_ in range(num_clicks):
         coords, labels = clicks_to_arrays(clicks)
         masks, scores, low_res = predictor.predict_batch(
-            points=coords, labels=labels, mask_input=previous, multimask_output=round_ == 0)
+            points=coords, labels=labels, mask_input=previous, multimask_output=True)
         chosen = best_masks(masks, scores)
         if feed_logits:
             previous = best_masks(low_res, scores)[:, None]
@@ -158,7 +163,8 @@ def eval_image(task: EvalTask, predictor: BatchPredictor, dataset: EvalDataset, 
         record.detections, record.skipped = eval_image_detections(
             predictor, image, image_id, detections or [])
         return record
-    instances, gts, record.skipped = _usable(dataset.instances(image_id, skip_crowd=True))
+    instances, gts, record.skipped = _usable(
+        dataset.instances(image_id, skip_crowd=not task.include_crowd))
     if not instances:
         return record
     if task.mode == "box":

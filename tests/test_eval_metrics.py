@@ -63,6 +63,12 @@ def test_next_click_picks_the_larger_error_region():
     assert next_click(gt, big_fn | tiny_fp) == Click(15, 20, True)
 
 
+def test_next_click_tie_goes_to_the_false_positives():
+    gt = square(x0=5, x1=9, y0=5, y1=9)  # 5 x 5 object, found nowhere
+    pred = square(x0=25, x1=29, y0=25, y1=29)  # a 5 x 5 spill elsewhere: both peak at 3
+    assert next_click(gt, pred) == Click(27, 27, False)
+
+
 def test_next_click_none_when_exact_and_errors_on_bad_input():
     assert next_click(square(), square()) is None
     with pytest.raises(ValueError, match="empty"):

@@ -51,6 +51,14 @@ def test_box_known_error_hand_computed(tmp_path):
     assert m["mIoU_medium"] == pytest.approx(100.0) and m["mIoU_large"] == pytest.approx(100.0)
 
 
+def test_include_crowd_prompts_crowd_regions_too(tmp_path):
+    summary, oracle = _run(tmp_path, "coco", EvalTask("box", include_crowd=True),
+                           lambda t: BoxFillPredictor())
+    assert summary["num_instances"]["all"] == 5 and len(oracle.calls[0]["boxes"]) == 3
+    # the crowd region is a rectangle: its filled box is exact
+    assert summary["metrics"]["mIoU"] == pytest.approx(100 * (1 + TRIANGLE + 1 + 1 + 1) / 5)
+
+
 def test_limit_takes_the_first_images(tmp_path):
     summary, _ = _run(tmp_path, "coco", EvalTask("box", limit=1), lambda t: BoxFillPredictor())
     assert summary["num_images"] == 1
@@ -66,10 +74,10 @@ def test_point_oracle_gives_100_after_every_click(tmp_path):
                                        for b in ("", "_small", "_medium", "_large")}
     assert summary["metrics"]["mIoU_large@1click"] is None
     assert all(v == pytest.approx(100.0) for v in summary["metrics"].values() if v is not None)
-    # 5 rounds per image, all instances of an image in each call; only round 1 is multimask
+    # 5 rounds per image, all instances of an image in each call, multimask in every round
     assert [c["points"].shape[:2] for c in oracle.calls] == \
         [(2, r) for r in range(1, 6)] + [(1, r) for r in range(1, 6)]
-    assert [c["multimask"] for c in oracle.calls[:5]] == [True, False, False, False, False]
+    assert all(c["multimask"] for c in oracle.calls)
     # exact after the first click: later "clicks" are SAM padding points
     assert (oracle.calls[4]["labels"][:, 1:] == -1).all()
     assert all(c["mask_input"] is None for c in oracle.calls)  # off by default
@@ -82,9 +90,9 @@ def test_point_feed_logits_passes_the_kept_low_res_mask_on(tmp_path):
     for n, call in enumerate(oracle.calls[1:3], start=1):
         fed = call["mask_input"]
         assert fed.shape == (2, 1, 256, 256)
-        # from call n, the slot the runner kept: 1 of 3 in round 1 (best score), then 0 of 1
+        # from call n, the slot the runner kept: 1 of 3 (the best-scored)
         assert fed[:, 0, 0, 0].tolist() == [n, n]
-        assert fed[:, 0, 0, 1].tolist() == ([1, 1] if n == 1 else [0, 0])
+        assert fed[:, 0, 0, 1].tolist() == [1, 1]
 
 
 def test_point_known_error_hand_computed(tmp_path):
