@@ -1,0 +1,229 @@
+"""ONNX export: an encoder graph (dynamic batch) and a SAM-style decoder graph (dynamic points).
+
+``effvit-sam export-onnx --model l0 --checkpoint PATH --out DIR`` writes ``DIR/encoder.onnx`` and
+``DIR/decoder.onnx``, checks both with onnxruntime against PyTorch on the same inputs and prints
+the largest differences.
+
+Decoder graph, like ``segment_anything``'s ``SamOnnxModel`` (all prompts in the 1024 prompt frame):
+
+* ``image_embeddings`` ``1 x C x 64 x 64`` float32 (the encoder's output for one image);
+* ``point_coords`` ``1 x N x 2`` float32, (x, y) pixels; ``point_labels`` ``1 x N`` float32:
+  1 foreground, 0 background, 2 box top-left corner, 3 box bottom-right corner, -1 padding.
+  Without a box, append one padding point (0, 0) with label -1, as SAM's prompt encoder does;
+* ``mask_input`` ``1 x 1 x 256 x 256`` float32 logits and ``has_mask_input`` ``1`` float32 (1 to
+  use the mask, 0 to ignore it);
+* outputs ``low_res_masks`` ``1 x 4 x 256 x 256`` logits and ``iou_predictions`` ``1 x 4``: mask 0
+  is SAM's single-mask output, masks 1..3 the multimask outputs (the caller slices, exactly as
+  ``MaskDecoder.forward`` does).
+
+The graphs use only plain ONNX operators that TensorRT builds (no ``repeat_interleave``, no
+boolean-indexed writes, no loops): the label masks are arithmetic and the batch of one prompt
+set needs no expansion. ``tests/test_export_onnx.py`` checks the operator types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from torch import nn
+
+from .checkpoint import atomic_write
+from .fuse import fuse
+from .geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
+from .modeling import EfficientViTSam
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+# onnxruntime against PyTorch on the same inputs (float32, different kernels and summation order).
+ENCODER_ATOL = 1e-3
+DECODER_ATOL = 1e-3
+ENCODER_INPUTS = ["images"]
+ENCODER_OUTPUTS = ["image_embeddings"]
+DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input",
+                  "has_mask_input"]
+DECODER_OUTPUTS = ["low_res_masks", "iou_predictions"]
+
+
+class OnnxDecoder(nn.Module):
+    """SAM's prompt encoder + mask decoder for one image, written with export-friendly ops.
+
+    Same weights and the same arithmetic as ``EfficientViTSam.decode`` (see the module docstring
+    for the inputs); returns all four masks so one graph serves single- and multi-mask output.
+    """
+
+    def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.frame = float(prompt_encoder.input_image_size[0])
+        self.register_buffer("image_pe", prompt_encoder.get_dense_pe().detach().clone(),
+                             persistent=False)
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``1 x N x 2`` prompt-frame points and ``1 x N`` labels to ``1 x N x C`` tokens."""
+        pe = self.prompt_encoder
+        # SAM shifts to pixel centres and normalises by the prompt frame (square: 1024 x 1024).
+        emb = pe.pe_layer._pe_encoding((coords + 0.5) / self.frame)
+        labels = labels.unsqueeze(-1)
+        emb = emb * (labels != -1).to(emb.dtype)
+        emb = emb + pe.not_a_point_embed.weight * (labels == -1).to(emb.dtype)
+        for i, point_embed in enumerate(pe.point_embeddings):
+            emb = emb + point_embed.weight * (labels == i).to(emb.dtype)
+        return emb
+
+    def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        flag = has_mask_input.reshape(1, 1, 1, 1)
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return flag * pe.mask_downscaling(mask_input) + (1 - flag) * no_mask
+
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor,
+                point_labels: torch.Tensor, mask_input: torch.Tensor,
+                has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dec = self.mask_decoder
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = self.embed_mask(mask_input, has_mask_input)
+        # MaskDecoder.predict_masks for a batch of one prompt set: no repeat_interleave needed.
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0), sparse], dim=1)
+        src = image_embeddings + dense
+        b, c, h, w = src.shape
+        hs, src = dec.transformer(src, self.image_pe, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1: 1 + dec.num_mask_tokens, :]
+        upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
+                                for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        return masks, dec.iou_prediction_head(iou_token_out)
+
+
+def _export_bytes(module: nn.Module, args: tuple[torch.Tensor, ...], *, input_names: list[str],
+                  output_names: list[str], dynamic_axes: dict) -> bytes:
+    buffer = io.BytesIO()
+    # The TorchScript exporter: SAM's decoder does not export with the dynamo one on torch 2.14.
+    torch.onnx.export(module, args, buffer, input_names=input_names, output_names=output_names,
+                      dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True,
+                      dynamo=False)
+    return buffer.getvalue()
+
+
+def example_decoder_inputs(embed_dim: int, *, num_points: int = 3,
+                           seed: int = 0) -> dict[str, np.ndarray]:
+    """Random but valid decoder inputs: points, a box (labels 2, 3) and a mask input."""
+    rng = np.random.default_rng(seed)
+    n = max(num_points, 0)
+    coords = rng.uniform(0, PROMPT_FRAME, (1, n + 2, 2)).astype(np.float32)
+    labels = np.concatenate([rng.integers(0, 2, n), [2, 3]])[None].astype(np.float32)
+    return {
+        "image_embeddings": rng.standard_normal((1, embed_dim, 64, 64)).astype(np.float32),
+        "point_coords": coords,
+        "point_labels": labels,
+        "mask_input": rng.standard_normal((1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE))
+        .astype(np.float32),
+        "has_mask_input": np.ones(1, dtype=np.float32),
+    }
+
+
+def _max_diff(session, feeds: dict[str, np.ndarray], expected: list[torch.Tensor]) -> float:
+    outputs = session.run(None, feeds)
+    return max(float(np.abs(o - e.numpy()).max()) for o, e in zip(outputs, expected, strict=True))
+
+
+def export_onnx(model: EfficientViTSam, out_dir: str | Path, *, verify: bool = True,
+                batch_for_check: int = 2) -> dict[str, object]:
+    """Write ``encoder.onnx`` and ``decoder.onnx`` into ``out_dir`` (atomically) on CPU.
+
+    With ``verify``, runs both with onnxruntime and PyTorch on the same random inputs (encoder at
+    batch 1 and ``batch_for_check``, decoder with 1 and 5 points) and raises ``RuntimeError`` if
+    the largest absolute difference exceeds ``ENCODER_ATOL`` / ``DECODER_ATOL``. Returns the paths
+    and those differences.
+    """
+    if not isinstance(model, EfficientViTSam):
+        raise TypeError(f"export_onnx expects an EfficientViTSam, got {type(model).__name__}")
+    out = Path(out_dir)
+    model = fuse(model).cpu()  # folded BN: a smaller graph with the same outputs
+    s = model.encoder_size
+    embed_dim = model.prompt_encoder.embed_dim
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        encoder_bytes = _export_bytes(
+            model.image_encoder, (torch.randn(1, 3, s, s, generator=gen),),
+            input_names=ENCODER_INPUTS, output_names=ENCODER_OUTPUTS,
+            dynamic_axes={"images": {0: "batch"}, "image_embeddings": {0: "batch"}})
+        decoder = OnnxDecoder(model.prompt_encoder, model.mask_decoder).eval()
+        example = {k: torch.from_numpy(v) for k, v in example_decoder_inputs(embed_dim).items()}
+        decoder_bytes = _export_bytes(
+            decoder, tuple(example[name] for name in DECODER_INPUTS),
+            input_names=DECODER_INPUTS, output_names=DECODER_OUTPUTS,
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}})
+    paths = {"encoder": out / ENCODER_FILE, "decoder": out / DECODER_FILE}
+    atomic_write(paths["encoder"], lambda p: Path(p).write_bytes(encoder_bytes))
+    atomic_write(paths["decoder"], lambda p: Path(p).write_bytes(decoder_bytes))
+    result: dict[str, object] = {"encoder_path": str(paths["encoder"]),
+                                 "decoder_path": str(paths["decoder"])}
+    if verify:
+        result.update(verify_onnx(model, decoder, paths["encoder"], paths["decoder"],
+                                  batch=batch_for_check))
+    return result
+
+
+def verify_onnx(model: EfficientViTSam, decoder: OnnxDecoder, encoder_path: Path,
+                decoder_path: Path, *, batch: int) -> dict[str, float]:
+    """Largest |onnxruntime - PyTorch| for both graphs; raises past the stated tolerances."""
+    import onnxruntime as ort
+
+    s = model.encoder_size
+    enc = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(decoder_path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(1)
+    encoder_diff = 0.0
+    with torch.no_grad():
+        for b in sorted({1, batch}):
+            x = torch.randn(b, 3, s, s, generator=gen)
+            encoder_diff = max(encoder_diff, _max_diff(enc, {"images": x.numpy()},
+                                                       [model.image_encoder(x)]))
+        decoder_diff = 0.0
+        for n in (1, 5):
+            feeds = example_decoder_inputs(model.prompt_encoder.embed_dim, num_points=n, seed=n)
+            expected = decoder(*(torch.from_numpy(feeds[k]) for k in DECODER_INPUTS))
+            decoder_diff = max(decoder_diff, _max_diff(dec, feeds, list(expected)))
+    log.info("onnxruntime vs PyTorch: encoder %.2e (atol %g), decoder %.2e (atol %g)",
+             encoder_diff, ENCODER_ATOL, decoder_diff, DECODER_ATOL)
+    if encoder_diff > ENCODER_ATOL or decoder_diff > DECODER_ATOL:
+        raise RuntimeError(f"ONNX outputs differ from PyTorch: encoder {encoder_diff:.3g} "
+                           f"(atol {ENCODER_ATOL}), decoder {decoder_diff:.3g} "
+                           f"(atol {DECODER_ATOL})")
+    return {"encoder_max_abs_diff": encoder_diff, "decoder_max_abs_diff": decoder_diff}
+
+
+def main(argv: list[str]) -> int:
+    """``effvit-sam export-onnx --model NAME [--checkpoint PATH] --out DIR [--no-verify]``."""
+    from .build import build_sam, list_models
+
+    parser = argparse.ArgumentParser(prog="effvit-sam export-onnx", description=__doc__.split(
+        "\n")[0])
+    parser.add_argument("--model", required=True, help=f"one of {', '.join(list_models())}")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="official or save_pretrained checkpoint (default: random weights)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the two graphs")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the onnxruntime vs PyTorch check")
+    args = parser.parse_args(argv)
+    if args.checkpoint is None:
+        log.warning("no --checkpoint: exporting randomly initialised weights")
+    model = build_sam(args.model, checkpoint=args.checkpoint).eval()
+    result = export_onnx(model, args.out, verify=not args.no_verify)
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    return 0
