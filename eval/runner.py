@@ -186,6 +186,10 @@ def run_evaluation(task: EvalTask, predictor: BatchPredictor, dataset: EvalDatas
     ``gather_object``); it is the identity for one process. Returns the summary dict on the
     main process (``process_index == 0``), ``None`` elsewhere.
     """
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} outside 0..{num_processes - 1}")
+    if num_processes > 1 and gather is None:
+        raise ValueError("several processes need a gather function (accelerate's gather_object)")
     image_ids = dataset.image_ids[: task.limit]
     mine = image_ids[process_index::num_processes]
     detections = None
@@ -196,7 +200,7 @@ def run_evaluation(task: EvalTask, predictor: BatchPredictor, dataset: EvalDatas
     for image_id in tqdm(mine, desc=f"eval {task.mode}", disable=process_index != 0):
         per_image = detections[image_id] if detections is not None else None
         records.append(eval_image(task, predictor, dataset, image_id, per_image))
-    if gather is not None and num_processes > 1:
+    if num_processes > 1:
         records = gather(records)
     if process_index != 0:
         return None

@@ -19,6 +19,7 @@ from .eval_toyset import (
     BoxFillPredictor,
     OraclePredictor,
     SquareClickPredictor,
+    image_key,
     tight_bbox,
     toy_masks,
     write_toyset,
@@ -141,6 +142,25 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path):
     summary = run_evaluation(EvalTask("box"), OraclePredictor(truth),
                              EvalDataset("coco", ann, images))
     assert summary["failed_images"] == [2] and summary["num_instances"]["all"] == 2
+
+
+def test_processes_take_disjoint_slices_and_gather_on_the_main_one(tmp_path):
+    ann, images, truth = write_toyset(tmp_path, "coco")
+    dataset = EvalDataset("coco", ann, images)
+    shared: list = []  # stands in for gather_object: the last process sees everything
+    for rank in (1, 0):
+        oracle = OraclePredictor(truth)
+        summary = run_evaluation(EvalTask("box"), oracle, dataset, process_index=rank,
+                                 num_processes=2, gather=lambda r: shared.extend(r) or shared)
+        assert len(oracle.calls) == 1  # one image each: rank 0 image 1, rank 1 image 2
+        assert oracle.key == image_key(dataset.load_image(rank + 1))
+        assert (summary is None) == (rank == 1)
+    assert summary["num_images"] == 2 and summary["num_instances"]["all"] == 4
+    with pytest.raises(ValueError, match="gather"):
+        run_evaluation(EvalTask("box"), oracle, dataset, process_index=0, num_processes=2)
+    with pytest.raises(ValueError, match="process_index"):
+        run_evaluation(EvalTask("box"), oracle, dataset, process_index=2, num_processes=2,
+                       gather=list)
 
 
 def test_task_rejects_bad_settings():
