@@ -132,23 +132,25 @@ def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, ep
     key = PurePosixPath(raw.get("__key__", "?")).name
     if "jpg" not in raw or "json" not in raw:
         raise SkipSample("missing_member", f"{key} has members {sorted(raw)}")
+    # The json first: it is cheap, and an image without masks need not be decoded.
+    try:
+        record = json.loads(raw["json"])
+        anns = [a for a in record["annotations"] if a["area"] > 0]
+        meta = record.get("image", {})
+        stated = (meta.get("height"), meta.get("width"))
+    except (ValueError, KeyError, TypeError, AttributeError) as exn:
+        raise SkipSample("bad_json", f"{key}: {exn!r}") from exn
+    if not anns:
+        raise SkipSample("no_annotations", f"{key} has no non-empty annotation")
     try:
         with Image.open(io.BytesIO(raw["jpg"])) as im:
             rgb = np.asarray(im.convert("RGB"))
     except Exception as exn:  # PIL raises many types on corrupt or truncated data
         raise SkipSample("bad_image", f"{key}: {exn}") from exn
-    try:
-        record = json.loads(raw["json"])
-        anns = [a for a in record["annotations"] if a["area"] > 0]
-        meta = record.get("image", {})
-    except (ValueError, KeyError, TypeError) as exn:
-        raise SkipSample("bad_json", f"{key}: {exn!r}") from exn
-    if not anns:
-        raise SkipSample("no_annotations", f"{key} has no non-empty annotation")
     height, width = rgb.shape[:2]
-    if (meta.get("height", height), meta.get("width", width)) != (height, width):
-        raise SkipSample("size_mismatch", f"{key}: json says {meta.get('height')}x"
-                         f"{meta.get('width')}, jpg is {height}x{width}")
+    if stated != (None, None) and stated != (height, width):
+        raise SkipSample("size_mismatch", f"{key}: json says {stated[0]}x{stated[1]}, jpg is "
+                         f"{height}x{width}")
     try:
         sizes = {tuple(a["segmentation"]["size"]) for a in anns}
     except (KeyError, TypeError) as exn:
