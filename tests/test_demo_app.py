@@ -120,6 +120,22 @@ def test_cli_prints_the_local_url_and_the_page_warns_about_random_weights(server
     assert banners and banners[0].get("visible", True) is True
 
 
+@pytest.mark.parametrize("random_weights", [True, False])
+def test_the_banner_shows_exactly_when_the_weights_are_random(random_weights):
+    import gradio as gr
+
+    from demo.app import build_app
+    from demo.session import DemoBackend
+    from effvit_sam import build_sam
+
+    backend = DemoBackend(model=build_sam("efficientvit-sam-tiny"), model_name="tiny",
+                          weights="w", random_weights=random_weights)
+    app = build_app(backend, examples=[])
+    (banner,) = [b for b in app.blocks.values()
+                 if isinstance(b, gr.HTML) and "masks are meaningless" in b.value]
+    assert banner.visible is random_weights
+
+
 def test_two_clients_never_see_each_other(server, tmp_path):
     red, blue = (200, 30, 30), (30, 30, 200)
     a_img = _solid(tmp_path / "a.png", (160, 120), red)
