@@ -172,7 +172,7 @@ def evaluate_miou(model: EfficientViTSam, batches: Iterable[dict], *,
     Scored at the low-res 256 x 256 prompt frame. ``box``: single-mask output. ``1-click``: the
     centre click, multimask output, the mask with the highest predicted IoU (as SAM's
     evaluation does). ``{n}-click`` (``clicks`` > 1): then n - 1 correction clicks from the
-    error region (first error pixel by a fixed generator), feeding back the previous logits.
+    error region (sampled with a fixed-seed generator), feeding back the previous logits.
     """
     was_training = model.training
     model.eval()
