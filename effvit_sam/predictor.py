@@ -129,7 +129,7 @@ class EfficientViTSamPredictor:
             # normalises in [0, 1] (the official EfficientViT arithmetic), which differs from
             # SAM's by ~2e-7. Same resize, SAM's own arithmetic: bit-exact with SamPredictor.
             resized = geometry.resize_longest_side(image, self.encoder_size)
-            x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]
+            x = torch.as_tensor(np.array(resized), device=self.device).permute(2, 0, 1)[None]
             return self.model.preprocess(x)
         return geometry.preprocess_image(image, self.encoder_size).to(self.device)
 

@@ -1,0 +1,290 @@
+"""Automatic ("everything") mask generation: a point grid, per-crop decoding, NMS.
+
+The same algorithm and records as ``segment_anything.SamAutomaticMaskGenerator`` (its helpers in
+``segment_anything.utils.amg`` are reused), with bounded memory for very large images: SAM
+upscales every mask of a batch to full resolution as float logits and pads crop masks to the
+whole image before run-length encoding, which for a 6000 x 8000 scan is tens of GB. Here the
+decoder's low-res logits are filtered by predicted IoU first, then upscaled a few masks at a
+time, thresholded and run-length encoded at once; only RLEs are kept. The records equal SAM's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import (
+    MaskData,
+    area_from_rle,
+    batched_mask_to_box,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    coco_encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_to_rle_pytorch,
+    remove_small_regions,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_points,
+)
+from torch import nn
+from torchvision.ops.boxes import batched_nms, box_area
+from tqdm import tqdm
+
+from . import geometry
+from .predictor import EfficientViTSamPredictor, EncodedImage
+from .predictor_inputs import as_rgb_image
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+_CHUNK_BYTES = 128 << 20
+"""Full-resolution work per chunk of masks (float logits, bool masks, RLE temporaries)."""
+
+
+def _uncrop_rles(masks: torch.Tensor, crop_box: list[int], orig_size: tuple[int, int]) -> list:
+    """RLEs of ``K x h x w`` crop masks in the whole ``H x W`` image, without materialising
+    ``K x H x W``: pad rows only (column-major runs then form one contiguous stretch of the
+    image's), and add the zero columns left and right of the crop to the first and last run."""
+    x0, y0, x1, y1 = crop_box
+    h, w = orig_size
+    padded = torch.nn.functional.pad(masks, (0, 0, y0, h - y1)) if (y0, y1) != (0, h) else masks
+    rles = mask_to_rle_pytorch(padded)
+    left, right = x0 * h, (w - x1) * h
+    for rle in rles:
+        counts = rle["counts"]
+        counts[0] += left  # counts start with a zero run (0 when the crop starts with a 1)
+        if len(counts) % 2:  # odd length: the last run is zeros
+            counts[-1] += right
+        elif right:
+            counts.append(right)
+        rle["size"] = [h, w]
+    return rles
+
+
+def _extend(data: MaskData, new: MaskData) -> None:
+    """``data.cat(new)`` without MaskData's deep copies (slow for long RLE count lists)."""
+    for key, value in new.items():
+        try:
+            old = data[key]
+        except KeyError:
+            data[key] = value
+            continue
+        if isinstance(value, torch.Tensor):
+            data[key] = torch.cat([old, value])
+        elif isinstance(value, np.ndarray):
+            data[key] = np.concatenate([old, value])
+        else:
+            data[key] = [*old, *value]
+
+
+class EfficientViTSamAutomaticMaskGenerator:
+    """Masks for a whole image from a grid of single-point prompts (SAM's options and records).
+
+    ``generate(image)`` returns one dict per mask: ``segmentation`` (``H x W`` bool, or an RLE
+    per ``output_mode``), ``area``, ``bbox`` (XYWH as SAM writes it: ``w = x1 - x0`` of the
+    inclusive pixel extents), ``predicted_iou``, ``stability_score``, ``point_coords``
+    (``[[x, y]]`` original pixels) and ``crop_box`` (XYWH). ``crop_n_layers > 0`` adds
+    overlapping crops (layer i has ``2**i x 2**i`` crops), each encoded on its own.
+    """
+
+    def __init__(self, model: nn.Module, *, points_per_side: int | None = 32,
+                 points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
+                 stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
+                 box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
+                 crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
+                 point_grids: list[np.ndarray] | None = None, min_mask_region_area: int = 0,
+                 output_mode: str = "binary_mask", progress: bool = False,
+                 device: str | torch.device | None = None) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_batch < 1 or crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
+            raise ValueError("points_per_batch and crop_n_points_downscale_factor must be >= 1, "
+                             "crop_n_layers >= 0")
+        for name, value in (("box_nms_thresh", box_nms_thresh),
+                            ("crop_nms_thresh", crop_nms_thresh),
+                            ("crop_overlap_ratio", crop_overlap_ratio)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+            grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
+                                                crop_n_points_downscale_factor)
+        else:
+            grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            if len(grids) != crop_n_layers + 1:
+                raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}),"
+                                 f" got {len(grids)}")
+            for g in grids:
+                if g.ndim != 2 or g.shape[1] != 2 or g.min() < 0 or g.max() > 1:
+                    raise ValueError("each point grid must be M x 2 (x, y) normalised to [0, 1]")
+        if min_mask_region_area > 0:
+            try:
+                import cv2  # noqa: F401  (SAM's remove_small_regions uses OpenCV)
+            except ImportError as err:
+                raise ImportError("min_mask_region_area > 0 needs OpenCV: pip install "
+                                  "opencv-python-headless") from err
+        self.predictor = EfficientViTSamPredictor(model, device=device)
+        self.point_grids = grids
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.progress = progress
+
+    @torch.inference_mode()
+    def generate(self, image, image_format: str = "RGB") -> list[dict[str, Any]]:
+        """Records for every mask found in ``image`` (``H x W x 3`` uint8 or PIL, see class)."""
+        rgb = as_rgb_image(image, image_format)
+        data = self._generate_masks(rgb)
+        if self.min_mask_region_area > 0:
+            data = self._remove_small_regions(data)
+        records = []
+        for i, rle in enumerate(data["rles"]):
+            if self.output_mode == "coco_rle":
+                segmentation = coco_encode_rle(rle)
+            elif self.output_mode == "binary_mask":
+                segmentation = rle_to_mask(rle)
+            else:
+                segmentation = rle
+            records.append({
+                "segmentation": segmentation,
+                "area": area_from_rle(rle),
+                "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                "predicted_iou": data["iou_preds"][i].item(),
+                "point_coords": [data["points"][i].tolist()],
+                "stability_score": data["stability_score"][i].item(),
+                "crop_box": box_xyxy_to_xywh(data["crop_boxes"][i]).tolist(),
+            })
+        return records
+
+    def _generate_masks(self, image: np.ndarray) -> MaskData:
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers,
+                                                     self.crop_overlap_ratio)
+        batches = sum(-(-len(self.point_grids[i]) // self.points_per_batch) for i in layer_idxs)
+        data = MaskData()
+        with tqdm(total=batches, desc="everything", unit="batch", disable=not self.progress,
+                  leave=False) as bar:
+            for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
+                _extend(data, self._process_crop(image, crop_box, layer_idx, bar))
+        if len(crop_boxes) > 1 and len(data["rles"]):
+            # Prefer masks from smaller crops (more detail) among duplicates across crops.
+            scores = 1 / box_area(data["crop_boxes"])
+            keep = batched_nms(data["boxes"].float(), scores,
+                               torch.zeros_like(data["boxes"][:, 0]),
+                               iou_threshold=self.crop_nms_thresh)
+            data.filter(keep)
+        data.to_numpy()
+        logger.info("%d masks from %d crops", len(data["rles"]), len(crop_boxes))
+        return data
+
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_idx: int,
+                      bar: tqdm) -> MaskData:
+        x0, y0, x1, y1 = crop_box
+        self.predictor.set_image(image[y0:y1, x0:x1])
+        encoded = self.predictor.images[0]
+        crop_h, crop_w = encoded.original_size
+        points = self.point_grids[layer_idx] * np.array([[crop_w, crop_h]])
+        data = MaskData(rles=[], boxes=torch.zeros(0, 4, dtype=torch.int64),
+                        iou_preds=torch.zeros(0), points=torch.zeros(0, 2, dtype=torch.float64),
+                        stability_score=torch.zeros(0))
+        for start in range(0, len(points), self.points_per_batch):
+            batch = points[start: start + self.points_per_batch]
+            _extend(data, self._process_batch(encoded, batch, crop_box, image.shape[:2]))
+            bar.update(1)
+        self.predictor.reset_image()
+        if len(data["rles"]):
+            keep = batched_nms(data["boxes"].float(), data["iou_preds"],
+                               torch.zeros_like(data["boxes"][:, 0]),
+                               iou_threshold=self.box_nms_thresh)
+            data.filter(keep)
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = torch.tensor([crop_box] * len(data["rles"]),
+                                          dtype=torch.int64).reshape(-1, 4)
+        return data
+
+    def _process_batch(self, encoded: EncodedImage, points: np.ndarray, crop_box: list[int],
+                       orig_size: tuple[int, int]) -> MaskData:
+        """One decoder call for ``K`` grid points (crop pixels); RLEs in the whole image."""
+        predictor = self.predictor
+        coords = torch.as_tensor(geometry.apply_coords(points, encoded.original_size,
+                                                       predictor.prompt_frame),
+                                 device=predictor.device)
+        labels = torch.ones(len(coords), dtype=torch.int, device=predictor.device)
+        low_res, iou = predictor.decode_low_res(encoded, coords[:, None], labels[:, None],
+                                                multimask_output=True)
+        masks_per_point = low_res.shape[1]
+        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+        pts = torch.as_tensor(points.repeat(masks_per_point, axis=0))
+        if self.pred_iou_thresh > 0.0:
+            keep = iou > self.pred_iou_thresh
+            low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
+        out = MaskData(rles=[], boxes=torch.zeros(0, 4, dtype=torch.int64), iou_preds=iou[:0].cpu(),
+                       points=pts[:0], stability_score=torch.zeros(0))
+        crop_h, crop_w = encoded.original_size
+        per_mask = max(crop_h * crop_w * 4, orig_size[0] * crop_w * 3)
+        step = max(1, _CHUNK_BYTES // per_mask)
+        threshold = predictor.mask_threshold
+        for i in range(0, len(low_res), step):
+            logits = predictor.upscale(encoded, low_res[i: i + step, None],
+                                       return_logits=True)[:, 0]
+            chunk = MaskData(iou_preds=iou[i: i + step], points=pts[i: i + step],
+                             stability_score=calculate_stability_score(
+                                 logits, threshold, self.stability_score_offset))
+            if self.stability_score_thresh > 0.0:
+                keep = chunk["stability_score"] >= self.stability_score_thresh
+                chunk.filter(keep)
+                logits = logits[keep]
+            masks = logits > threshold
+            del logits
+            chunk["boxes"] = batched_mask_to_box(masks)
+            keep = ~is_box_near_crop_edge(chunk["boxes"], crop_box,
+                                          [0, 0, orig_size[1], orig_size[0]])
+            if not torch.all(keep):
+                chunk.filter(keep)
+                masks = masks[keep]
+            chunk["rles"] = _uncrop_rles(masks, crop_box, orig_size) if len(masks) else []
+            del masks
+            for key in ("iou_preds", "stability_score", "boxes"):
+                chunk[key] = chunk[key].cpu()
+            _extend(out, chunk)
+        return out
+
+    def _remove_small_regions(self, data: MaskData) -> MaskData:
+        """SAM's hole/island removal and re-NMS, one full-size mask in memory at a time."""
+        if not len(data["rles"]):
+            return data
+        boxes, scores = [], []
+        for i, rle in enumerate(data["rles"]):
+            mask = rle_to_mask(rle)
+            mask, changed_holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
+            mask, changed_islands = remove_small_regions(mask, self.min_mask_region_area,
+                                                         "islands")
+            tensor = torch.as_tensor(mask)[None]
+            boxes.append(batched_mask_to_box(tensor)[0])
+            unchanged = not (changed_holes or changed_islands)
+            # Changed masks score 0 so that NMS prefers masks that needed no clean-up.
+            scores.append(float(unchanged))
+            if not unchanged:
+                data["rles"][i] = mask_to_rle_pytorch(tensor)[0]
+        boxes_t = torch.stack(boxes)
+        keep = batched_nms(boxes_t.float(), torch.as_tensor(scores), torch.zeros(len(boxes)),
+                           iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh))
+        data["boxes"] = boxes_t.numpy()
+        data.filter(keep)
+        return data

@@ -1,0 +1,133 @@
+"""EfficientViTSamAutomaticMaskGenerator: SAM's records on a SAM model, valid records on an
+EfficientViT-SAM model, the RLE uncropping and the option checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.amg import mask_to_rle_pytorch, uncrop_masks
+from torchvision.ops import box_iou
+
+from effvit_sam import EfficientViTSamAutomaticMaskGenerator, build_sam
+from effvit_sam import automatic as automatic_module
+from effvit_sam.visualize import rle_to_mask
+
+from .tiny_sam import smooth_upscaling_, tiny_sam
+
+
+def _scene(h: int = 150, w: int = 230) -> np.ndarray:
+    """Dark background with a few bright discs and a square: distinct regions to segment."""
+    canvas = Image.new("RGB", (w, h), (20, 30, 40))
+    draw = ImageDraw.Draw(canvas)
+    draw.ellipse((20, 20, 90, 90), fill=(230, 200, 40))
+    draw.ellipse((130, 60, 200, 130), fill=(40, 200, 230))
+    draw.rectangle((100, 10, 140, 50), fill=(220, 60, 60))
+    return np.asarray(canvas)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, abs_tol=1e-6)
+    return a == b
+
+
+@pytest.mark.parametrize("options", [
+    dict(points_per_side=8, points_per_batch=64),
+    dict(points_per_side=4, points_per_batch=5, crop_n_layers=1, box_nms_thresh=1.0,
+         crop_n_points_downscale_factor=2, min_mask_region_area=60),
+], ids=["grid", "crops+small-regions"])
+def test_records_equal_sam_generator(options, monkeypatch):
+    model = smooth_upscaling_(tiny_sam())
+    image = _scene()
+    # Thresholds off: a random decoder's IoU predictions and stability are low.
+    kw = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, output_mode="uncompressed_rle",
+              **options)
+    want = SamAutomaticMaskGenerator(model, **kw).generate(image)
+    # One mask per full-resolution chunk: chunking must not change any record.
+    monkeypatch.setattr(automatic_module, "_CHUNK_BYTES", 1)
+    got = EfficientViTSamAutomaticMaskGenerator(model, **kw).generate(image)
+    assert len(want) >= 3
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert set(g) == set(w)
+        for key in w:
+            assert _same(g[key], w[key]), key
+
+
+def test_uncropped_rles_equal_padding_the_masks():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(4, 7, 5, generator=gen) > 0.5
+    masks[0] = True
+    masks[1] = False
+    masks[2, 0, 0] = True
+    for crop_box in ([0, 0, 5, 7], [3, 0, 8, 7], [0, 2, 5, 9], [2, 4, 7, 11], [6, 1, 11, 8]):
+        want = mask_to_rle_pytorch(uncrop_masks(masks, crop_box, 11, 11))
+        assert automatic_module._uncrop_rles(masks, crop_box, (11, 11)) == want, crop_box
+
+
+@pytest.fixture(scope="module")
+def tiny_records():
+    torch.manual_seed(0)
+    model = smooth_upscaling_(build_sam("efficientvit-sam-tiny").eval())
+    generator = EfficientViTSamAutomaticMaskGenerator(
+        model, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.3,
+        box_nms_thresh=0.7)
+    return generator.generate(_scene()), model
+
+
+def test_records_valid_on_efficientvit_model(tiny_records):
+    records, _ = tiny_records
+    assert records, "the scene should give at least one mask"
+    for r in records:
+        seg = r["segmentation"]
+        assert seg.shape == (150, 230) and seg.dtype == bool
+        assert r["area"] == int(seg.sum()) > 0
+        ys, xs = np.nonzero(seg)
+        # SAM's bbox: XYWH with w = x1 - x0 of the inclusive pixel extents.
+        assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+        assert r["stability_score"] >= 0.3
+        assert r["crop_box"] == [0, 0, 230, 150]
+        (x, y), = r["point_coords"]
+        assert 0 <= x <= 230 and 0 <= y <= 150
+    boxes = torch.tensor([r["bbox"] for r in records], dtype=torch.float)
+    boxes[:, 2:] += boxes[:, :2]
+    iou = box_iou(boxes, boxes).fill_diagonal_(0)
+    assert iou.max() <= 0.7
+    scores = [r["predicted_iou"] for r in records]
+    assert scores == sorted(scores, reverse=True)  # NMS keeps them best first
+
+
+def test_coco_rle_output_and_progress(tiny_records, capsys):
+    records, model = tiny_records
+    generator = EfficientViTSamAutomaticMaskGenerator(
+        model, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.3,
+        output_mode="coco_rle", progress=True)
+    coco = generator.generate(Image.fromarray(_scene()))
+    assert "everything" in capsys.readouterr().err
+    assert len(coco) == len(records)
+    for c, r in zip(coco, records, strict=True):
+        assert isinstance(c["segmentation"]["counts"], str)
+        assert c["segmentation"]["size"] == [150, 230]
+        assert np.array_equal(rle_to_mask(c["segmentation"]), r["segmentation"])
+        assert c["bbox"] == r["bbox"] and c["area"] == r["area"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(points_per_side=None), "exactly one of points_per_side and point_grids"),
+    (dict(point_grids=[np.zeros((4, 2))]), "exactly one"),
+    (dict(points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1),
+     "one grid per crop layer"),
+    (dict(points_per_side=None, point_grids=[np.full((4, 2), 2.0)]), r"normalised to \[0, 1\]"),
+    (dict(output_mode="rle"), "output_mode"),
+    (dict(points_per_batch=0), "points_per_batch"),
+    (dict(box_nms_thresh=1.5), "box_nms_thresh"),
+    (dict(points_per_side=0), "points_per_side"),
+])
+def test_bad_options_raise(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EfficientViTSamAutomaticMaskGenerator(tiny_model, **kwargs)
