@@ -106,12 +106,13 @@ def test_phase1_smoke_run_halves_the_embedding_loss(cache, tmp_path) -> None:
     out = tmp_path / "p1"
     cfg = load_config("smoke_phase1", [f"data.cache={cache}", "train.steps=10",
                                        "data.batch_size=2", f"run.out_dir={out}",
-                                       "run.save_every=4"])
+                                       "run.save_every=4", "run.tensorboard=true"])
     run_phase1(cfg)
     losses = [r["embed_mse"] for r in _metrics(out)]
     assert len(losses) == 10
     assert min(losses[-3:]) <= 0.5 * losses[0], losses
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert load_config(str(out / "config.yaml")) == cfg
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == 10 and len(ckpt["rng"]) == 1
