@@ -98,19 +98,25 @@ def postprocess_masks(low_res: np.ndarray, input_size: tuple[int, int],
 class OnnxSamPredictor:
     """Encode an image once with ``encoder.onnx``, decode prompts with ``decoder.onnx``.
 
-    ``providers`` are onnxruntime execution providers (default: CPU).
+    ``providers`` are onnxruntime execution providers (default: CPU); ``threads`` the intra-op
+    thread count of both sessions (default: onnxruntime's choice).
     """
 
     def __init__(self, encoder_path: str | Path, decoder_path: str | Path, *,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         for path in (encoder_path, decoder_path):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"ONNX graph not found: {path}")
         providers = providers or ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(encoder_path), providers=providers)
-        self.decoder = ort.InferenceSession(str(decoder_path), providers=providers)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.encoder = ort.InferenceSession(str(encoder_path), sess_options=options,
+                                            providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder_path), sess_options=options,
+                                            providers=providers)
         size = self.encoder.get_inputs()[0].shape[-1]
         if not isinstance(size, int):
             raise ValueError(f"{encoder_path} has no fixed input size (got {size!r})")

@@ -1,0 +1,372 @@
+"""``effvit-sam bench``: speed and memory of our engines against SAM's, reported as ratios.
+
+Engines, all in one process on the same weights and inputs:
+
+* ``eager`` - the model as built: float32 eager PyTorch, the official computation;
+* ``fast`` - :func:`effvit_sam.fastpath.optimize_for_inference` with ``FastPathOptions.auto``;
+* ``compiled`` - the fast path plus ``torch.compile`` (inductor, weight freezing on CPU);
+* ``onnx`` - the exported graphs in onnxruntime (``onnx_predictor.OnnxSamPredictor``);
+* ``sam_vit_b`` / ``sam_vit_h`` - ``segment_anything``'s encoders with random weights.
+
+Runs are interleaved (run r of every engine, then run r + 1), so load from other processes
+hits every engine alike; each figure is the median of ``--runs`` runs after ``--warmup``.
+Writes ``bench.json``, ``bench.md`` and ``bench.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("eager", "fast", "compiled", "onnx")
+SAM_BASELINES = ("sam_vit_b", "sam_vit_h")
+IMAGE_SIZE = (480, 640)  # the end-to-end image, H x W
+RSS_POLL_S = 0.002
+
+
+@dataclass
+class Engine:
+    """One thing to time: an encoder call, a predictor for end-to-end, optional decoder calls."""
+
+    name: str
+    encode: Callable[[np.ndarray], object]  # B x 3 x S x S float32 numpy in
+    predictor: object
+    encoder_size: int
+    setup_s: float = 0.0
+    decode_one: Callable[[], object] | None = None
+    decode_batched: Callable[[], object] | None = None
+    times: dict[str, list[float]] = field(default_factory=dict)
+    peak_mb: dict[str, float] = field(default_factory=dict)
+
+
+class PeakMemory:
+    """Peak memory above the starting point while the block runs, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process's resident set size, polled by
+    a thread every 2 ms (covers PyTorch, onnxruntime and numpy alike).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = self._rss()
+        self._peak = self._start
+        self._stop = threading.Event()
+
+        def poll() -> None:
+            while not self._stop.is_set():
+                self._peak = max(self._peak, self._rss())
+                time.sleep(RSS_POLL_S)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self._rss())
+        self.peak_mb = (peak - self._start) / 2**20
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _torch_engine(name: str, model, device: torch.device, *, prompts: int) -> Engine:
+    from .modeling import EfficientViTSam
+    from .predictor import EfficientViTSamPredictor
+
+    model = model.to(device).eval()
+    predictor = EfficientViTSamPredictor(model, device=device)
+
+    def encode(x: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.image_encoder(torch.from_numpy(x).to(device))
+
+    engine = Engine(name, encode, predictor, int(model.image_encoder.img_size))
+    if isinstance(model, EfficientViTSam):
+        emb = encode(np.zeros((1, 3, engine.encoder_size, engine.encoder_size), np.float32))
+        gen = torch.Generator().manual_seed(0)
+        coords = (torch.rand(prompts, 1, 2, generator=gen) * 1024).to(device)
+        labels = torch.ones(prompts, 1, dtype=torch.int, device=device)
+
+        def decode(k: int | None) -> None:
+            with torch.inference_mode():
+                if k is not None:  # one prompt per call
+                    for i in range(k):
+                        model.decode(emb, points=(coords[i: i + 1], labels[i: i + 1]),
+                                     boxes=None, mask_input=None, multimask_output=True)
+                else:
+                    model.decode(emb, points=(coords, labels), boxes=None, mask_input=None,
+                                  multimask_output=True)
+
+        engine.decode_one = lambda: decode(prompts)
+        engine.decode_batched = lambda: decode(None)
+    return engine
+
+
+def _onnx_engine(model, device: torch.device, *, threads: int, prompts: int,
+                 workdir: Path) -> Engine:
+    import onnxruntime as ort
+
+    from .export_onnx import example_decoder_inputs, export_onnx
+    from .onnx_predictor import OnnxSamPredictor
+
+    paths = export_onnx(model, workdir, verify=False)
+    providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+    if providers[0] not in ort.get_available_providers():
+        raise RuntimeError(f"onnxruntime has no {providers[0]} here")
+    predictor = OnnxSamPredictor(paths["encoder_path"], paths["decoder_path"], providers=providers,
+                                 threads=threads)
+    engine = Engine("onnx", lambda x: predictor.encoder.run(None, {"images": x}), predictor,
+                    predictor.encoder_size)
+    feeds = example_decoder_inputs(model.prompt_encoder.embed_dim, num_points=1)
+
+    def decode_one() -> None:
+        for _ in range(prompts):
+            predictor.decoder.run(None, feeds)
+
+    engine.decode_one = decode_one
+    return engine
+
+
+def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path) -> list[Engine]:
+    from .build import build_sam
+    from .fastpath import FastPathOptions, optimize_for_inference
+
+    model = build_sam(args.model, checkpoint=args.checkpoint).eval()
+    engines: list[Engine] = []
+    for name in args.engines:
+        start = time.perf_counter()
+        if name == "eager":
+            engine = _torch_engine(name, model, device, prompts=args.prompts)
+        elif name in ("fast", "compiled"):
+            opts = FastPathOptions.auto(device)
+            opts = opts.with_(compile=name == "compiled")
+            fast = optimize_for_inference(model, device=device, options=opts)
+            engine = _torch_engine(name, fast, device, prompts=args.prompts)
+        else:
+            engine = _onnx_engine(model, device, threads=args.threads, prompts=args.prompts,
+                                  workdir=workdir)
+        engine.setup_s = time.perf_counter() - start
+        engines.append(engine)
+    for name in args.sam:
+        from segment_anything import sam_model_registry
+
+        log.info("building %s with random weights", name)
+        sam = sam_model_registry[name.removeprefix("sam_")]()
+        engines.append(_torch_engine(name, sam, device, prompts=args.prompts))
+    return engines
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    """Time every engine (interleaved), return the JSON-able results."""
+    from tqdm import tqdm
+
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*IMAGE_SIZE, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = _build_engines(args, device, Path(tmp))
+        inputs = {e.name: {b: rng.standard_normal((b, 3, e.encoder_size, e.encoder_size))
+                           .astype(np.float32) for b in sorted({1, args.batch})}
+                  for e in engines}
+
+        def tasks(e: Engine) -> dict[str, Callable[[], object]]:
+            out: dict[str, Callable[[], object]] = {
+                "encoder_b1": lambda: e.encode(inputs[e.name][1]),
+                f"encoder_b{args.batch}": lambda: e.encode(inputs[e.name][args.batch]),
+                "end_to_end": lambda: (e.predictor.set_image(image),
+                                       e.predictor.predict(points=[[320.0, 240.0]], labels=[1])),
+            }
+            if e.decode_one is not None:
+                out["decode_one_per_call"] = e.decode_one
+            if e.decode_batched is not None:
+                out["decode_batched"] = e.decode_batched
+            return out
+
+        for e in engines:  # warm-up; the first call also compiles the ``compiled`` engine
+            for key, fn in tasks(e).items():
+                start = time.perf_counter()
+                for _ in range(args.warmup):
+                    with PeakMemory(device) as mem:
+                        fn()
+                    e.peak_mb[key] = max(e.peak_mb.get(key, 0.0), mem.peak_mb)
+                log.info("%s %s warm-up %.2fs", e.name, key, time.perf_counter() - start)
+        for _ in tqdm(range(args.runs), desc="bench runs"):
+            for e in engines:
+                for key, fn in tasks(e).items():
+                    e.times.setdefault(key, []).append(_timed(fn, device))
+    return _summarise(args, engines, device)
+
+
+def _summarise(args: argparse.Namespace, engines: list[Engine], device: torch.device) -> dict:
+    results = {}
+    for e in engines:
+        med = {k: statistics.median(v) for k, v in e.times.items()}
+        row = {"setup_s": e.setup_s, "encoder_size": e.encoder_size,
+               "encoder_latency_s_b1": med["encoder_b1"],
+               f"encoder_images_per_s_b{args.batch}": args.batch / med[f"encoder_b{args.batch}"],
+               "end_to_end_s": med["end_to_end"],
+               "peak_encoder_memory_mb": e.peak_mb.get(f"encoder_b{args.batch}", 0.0),
+               "all_times_s": e.times}
+        if "decode_one_per_call" in med:
+            row["decoder_prompts_per_s_one_per_call"] = args.prompts / med["decode_one_per_call"]
+        if "decode_batched" in med:
+            row["decoder_prompts_per_s_batched"] = args.prompts / med["decode_batched"]
+        results[e.name] = row
+    ratios = {}
+    base = results.get("eager")
+    for name, row in results.items():
+        if base is not None and name != "eager":
+            ratios[f"{name}_speedup_vs_eager"] = (base["encoder_latency_s_b1"]
+                                                  / row["encoder_latency_s_b1"])
+        for sam in SAM_BASELINES:
+            if sam in results and name not in SAM_BASELINES:
+                ratios[f"{name}_speedup_vs_{sam}"] = (results[sam]["encoder_latency_s_b1"]
+                                                      / row["encoder_latency_s_b1"])
+    return {
+        "config": {"model": args.model, "device": str(device), "threads": args.threads,
+                   "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
+                   "prompts": args.prompts, "engines": args.engines, "sam": args.sam,
+                   "torch": torch.__version__, "machine": platform.processor() or
+                   platform.machine(), "cpus": os.cpu_count()},
+        "results": results,
+        "ratios": ratios,
+    }
+
+
+def markdown_table(report: dict) -> str:
+    """The report as a markdown table: one row per engine, medians and ratios to eager."""
+    cfg = report["config"]
+    b = cfg["batch"]
+    lines = [f"Model `{cfg['model']}` on {cfg['device']}, {cfg['threads']} threads, median of "
+             f"{cfg['runs']} interleaved runs (torch {cfg['torch']}).", "",
+             f"| engine | encoder b1 (s) | x eager | encoder b{b} (img/s) | end-to-end (s) | "
+             "decoder 1/call (prompts/s) | decoder batched (prompts/s) | peak mem (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    eager = report["results"].get("eager")
+
+    def fmt(v: float | None, spec: str = ".3f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    for name, r in report["results"].items():
+        speed = eager["encoder_latency_s_b1"] / r["encoder_latency_s_b1"] if eager else None
+        lines.append(
+            f"| {name} | {fmt(r['encoder_latency_s_b1'])} | {fmt(speed, '.2f')} | "
+            f"{fmt(r[f'encoder_images_per_s_b{b}'], '.2f')} | {fmt(r['end_to_end_s'])} | "
+            f"{fmt(r.get('decoder_prompts_per_s_one_per_call'), '.1f')} | "
+            f"{fmt(r.get('decoder_prompts_per_s_batched'), '.1f')} | "
+            f"{fmt(r['peak_encoder_memory_mb'], '.0f')} |")
+    if report["ratios"]:
+        lines += ["", "| ratio | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(report: dict, path: Path) -> None:
+    """Encoder batch-1 latency per engine as a PNG bar chart (matplotlib Agg, log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["results"])
+    values = [report["results"][n]["encoder_latency_s_b1"] for n in names]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    bars = ax.bar(names, values, color="tab:blue")
+    ax.bar_label(bars, [f"{v:.3g}s" for v in values])
+    ax.set_yscale("log")
+    ax.set_ylabel("encoder latency, batch 1 (s)")
+    cfg = report["config"]
+    ax.set_title(f"{cfg['model']} on {cfg['device']} ({cfg['threads']} threads)")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+def write_report(report: dict, out: Path) -> dict[str, Path]:
+    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "png": out / "bench.png"}
+    atomic_write(paths["json"], lambda p: Path(p).write_text(json.dumps(report, indent=2)))
+    atomic_write(paths["markdown"], lambda p: Path(p).write_text(markdown_table(report)))
+    bar_chart(report, paths["png"])
+    return paths
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="effvit-sam bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="l0")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4, help="the batch-N encoder figure")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per decoder figure")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--sam", nargs="*", choices=SAM_BASELINES, default=["sam_vit_b"],
+                        help="SAM encoders to compare with (random weights)")
+    parser.add_argument("--vit-h", action="store_true",
+                        help="also SAM ViT-H (about 81 s per image on a 2-core CPU)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    args = parser.parse_args(argv)
+    if args.vit_h and "sam_vit_h" not in args.sam:
+        args.sam.append("sam_vit_h")
+    for name in ("threads", "batch", "runs", "prompts"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but no CUDA device is available")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    report = run_benchmark(args)
+    paths = write_report(report, args.out)
+    print(markdown_table(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,71 @@
+"""``effvit-sam bench`` on the tiny model: valid JSON, markdown and PNG; ratios computed right."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effvit_sam.bench import PeakMemory, main, markdown_table, parse_args
+
+
+def test_bench_writes_json_markdown_png(tmp_path: Path) -> None:
+    argv = ["--model", "tiny", "--engines", "eager", "fast", "onnx", "--sam", "--runs", "2",
+            "--warmup", "1", "--batch", "2", "--prompts", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["config"]["model"] == "tiny" and report["config"]["threads"] == 2
+    assert list(report["results"]) == ["eager", "fast", "onnx"]
+    for name, row in report["results"].items():
+        assert row["encoder_size"] == 256
+        assert row["encoder_latency_s_b1"] > 0 and row["encoder_images_per_s_b2"] > 0
+        assert row["end_to_end_s"] > 0 and row["peak_encoder_memory_mb"] >= 0
+        assert len(row["all_times_s"]["encoder_b1"]) == 2, name
+        assert row["decoder_prompts_per_s_one_per_call"] > 0
+    assert "decoder_prompts_per_s_batched" not in report["results"]["onnx"]
+    eager, fast = report["results"]["eager"], report["results"]["fast"]
+    assert report["ratios"]["fast_speedup_vs_eager"] == pytest.approx(
+        eager["encoder_latency_s_b1"] / fast["encoder_latency_s_b1"])
+    table = (tmp_path / "bench.md").read_text()
+    assert table == markdown_table(report)
+    rows = [line for line in table.splitlines() if line.startswith(("| eager |", "| fast |",
+                                                                      "| onnx |"))]
+    assert len(rows) == 3
+    with Image.open(tmp_path / "bench.png") as png:
+        assert png.format == "PNG" and png.width > 100 and png.height > 100
+
+
+def test_markdown_table_hand_made_report() -> None:
+    row = {"encoder_latency_s_b1": 2.0, "encoder_images_per_s_b4": 0.5, "end_to_end_s": 2.5,
+           "peak_encoder_memory_mb": 100.0}
+    report = {"config": {"model": "l0", "device": "cpu", "threads": 2, "runs": 3, "batch": 4,
+                         "torch": "x"},
+              "results": {"eager": row, "fast": {**row, "encoder_latency_s_b1": 0.5}},
+              "ratios": {"fast_speedup_vs_eager": 4.0}}
+    table = markdown_table(report)
+    assert "| fast | 0.500 | 4.00 | 0.50 | 2.500 | - | - | 100 |" in table
+    assert "| fast_speedup_vs_eager | 4.00 |" in table
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    with PeakMemory(torch.device("cpu")) as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        block.sum()
+        del block
+    assert 40 < mem.peak_mb < 200
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--runs", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--engines", "tensorrt"])
+    args = parse_args(["--vit-h"])
+    assert args.sam == ["sam_vit_b", "sam_vit_h"] and args.threads == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            parse_args(["--device", "cuda"])
