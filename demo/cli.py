@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                state_session_capacity=args.max_sessions, quiet=True, show_error=True)
     print(f"effvit-sam demo: {backend.model_name} ({weights}) running at {app.local_url}",
           flush=True)
+    # SIGTERM (a service manager, a test) ends like Ctrl-C: the server closes and exit handlers
+    # delete the sessions' download folders.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         app.block_thread()
     finally:

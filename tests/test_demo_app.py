@@ -3,6 +3,7 @@ real Chromium through Playwright (skipped where no Chromium is installed)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -75,9 +76,11 @@ def server():
     yield {"url": url, "port": port, "log": log}
     proc.terminate()
     try:
-        proc.wait(timeout=30)
+        code = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
+        raise
+    assert code == 0, "the demo should shut down cleanly on SIGTERM:\n" + "".join(log)
 
 
 def _solid(path: Path, size_wh: tuple[int, int], color: tuple[int, int, int]) -> Path:
@@ -259,7 +262,7 @@ def _click_image(page, x: float, y: float, *, size=(480, 360)) -> None:
 def _overlay_pixels(page) -> np.ndarray:
     src = page.locator("#overlay img").get_attribute("src")
     body = page.request.get(src).body()
-    return np.asarray(Image.open(__import__("io").BytesIO(body)).convert("RGB"))
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
 
 
 @pytest.mark.slow
