@@ -128,7 +128,9 @@ class DemoBackend:
               multimask: bool) -> DemoSession:
         """Add a point (or box corner) at ``(x, y)`` original pixels and decode."""
         if mode == "everything":
-            return self.everything(session)
+            # The automatic masks do not depend on clicks; regenerating them would only cost time.
+            raise ValueError("clicks add prompts in 'point' or 'box' mode; 'everything' shows "
+                             "automatic masks for the whole image")
         label = BACKGROUND if background else FOREGROUND
         prompts = add_click(session.history.current, x, y, mode=mode, label=label,
                             image_size=session.image_size)

@@ -113,6 +113,8 @@ def test_select_and_bad_input(backend, image):
         backend.select(session, 3)
     with pytest.raises(ValueError, match="outside"):
         backend.click(session, 120, 10, mode="point", background=False, multimask=True)
+    with pytest.raises(ValueError, match="'point' or 'box' mode"):
+        backend.click(session, 10, 10, mode="everything", background=False, multimask=True)
     with pytest.raises(TypeError, match="uint8"):
         backend.new_session(image.astype(np.float32))
 
