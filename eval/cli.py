@@ -56,14 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    task = EvalTask(mode=args.mode, num_clicks=args.num_clicks, limit=args.limit,
-                    detections=args.detections, feed_logits=args.feed_logits,
-                    include_crowd=args.include_crowd)
-    dataset = EvalDataset(args.dataset, args.annotations, args.images)
+    try:  # settings and paths are checked before any model is built
+        task = EvalTask(mode=args.mode, num_clicks=args.num_clicks, limit=args.limit,
+                        detections=args.detections, feed_logits=args.feed_logits,
+                        include_crowd=args.include_crowd)
+        dataset = EvalDataset(args.dataset, args.annotations, args.images)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = torch.device(args.device) if args.device else accelerator.device
     # Random initialisation draws from the global RNG; seeding it gives every process (and

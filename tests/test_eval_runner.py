@@ -219,6 +219,15 @@ def test_cli_box_end_to_end_writes_report(tmp_path, capsys):
     assert report["markdown_row"] in printed and "mIoU_small" in printed
 
 
+def test_cli_reports_bad_settings_as_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(_cli_args(tmp_path, "coco", "box", "--detections", "d.json"))
+    assert exit_.value.code == 2 and "box-from-detector" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(_cli_args(tmp_path, "coco", "box", "--limit", "0"))
+    assert "limit must be >= 1" in capsys.readouterr().err
+
+
 def test_cli_point_and_detector_end_to_end(tmp_path):
     out = tmp_path / "p.json"
     assert main(_cli_args(tmp_path, "lvis", "point", "--num-clicks", "3", "--feed-logits",
