@@ -276,6 +276,16 @@ def test_browser_point_click_draws_a_mask_and_the_star(browser, server, tmp_path
     page.wait_for_selector("#status :text('decoder')", timeout=30_000)
     shot = _save_screenshot(page, tmp_path, "demo_point.png")
     assert shot.stat().st_size > 10_000
+    # The background toggle gives a red star; "undo last prompt" takes it away again.
+    page.locator("#background label").click()
+    _click_image(page, 400, 300)
+    assert tuple(_overlay_pixels(page)[300, 400]) == BACKGROUND
+    src = page.locator("#overlay img").get_attribute("src")
+    page.locator("#undo").click()
+    page.wait_for_function("s => document.querySelector('#overlay img').src !== s", arg=src,
+                           timeout=120_000)
+    pixels = _overlay_pixels(page)
+    assert tuple(pixels[300, 400]) != BACKGROUND and tuple(pixels[160, 130]) == FOREGROUND
     page.close()
 
 
