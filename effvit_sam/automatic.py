@@ -89,7 +89,8 @@ class EfficientViTSamAutomaticMaskGenerator:
     per ``output_mode``), ``area``, ``bbox`` (XYWH as SAM writes it: ``w = x1 - x0`` of the
     inclusive pixel extents), ``predicted_iou``, ``stability_score``, ``point_coords``
     (``[[x, y]]`` original pixels) and ``crop_box`` (XYWH). ``crop_n_layers > 0`` adds
-    overlapping crops (layer i has ``2**i x 2**i`` crops), each encoded on its own.
+    overlapping crops (layer i has ``2**i x 2**i`` crops), each encoded on its own. ``fast``
+    and ``device`` are passed to :class:`EfficientViTSamPredictor`.
     """
 
     def __init__(self, model: nn.Module, *, points_per_side: int | None = 32,
@@ -99,7 +100,7 @@ class EfficientViTSamAutomaticMaskGenerator:
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  point_grids: list[np.ndarray] | None = None, min_mask_region_area: int = 0,
                  output_mode: str = "binary_mask", progress: bool = False,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, fast: bool = True) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         if output_mode not in OUTPUT_MODES:
@@ -131,7 +132,7 @@ class EfficientViTSamAutomaticMaskGenerator:
             except ImportError as err:
                 raise ImportError("min_mask_region_area > 0 needs OpenCV: pip install "
                                   "opencv-python-headless") from err
-        self.predictor = EfficientViTSamPredictor(model, device=device)
+        self.predictor = EfficientViTSamPredictor(model, device=device, fast=fast)
         self.point_grids = grids
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh

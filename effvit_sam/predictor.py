@@ -62,15 +62,24 @@ class EfficientViTSamPredictor:
 
     ``model`` is an :class:`EfficientViTSam` (any variant) or a ``segment_anything`` ``Sam``. It is
     put in eval mode and moved to ``device`` (default: the model's device); all work runs under
-    :func:`torch.inference_mode`.
+    :func:`torch.inference_mode`. With ``fast`` (the default) an EfficientViTSam is replaced by
+    :func:`effvit_sam.fastpath.optimize_for_inference`'s copy (BatchNorm folded, channels-last;
+    outputs within 1e-3 of eager); ``fast=False`` runs the model as given. SAM models always run
+    as given.
     """
 
-    def __init__(self, model: nn.Module, *, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: nn.Module, *, device: str | torch.device | None = None,
+                 fast: bool = True) -> None:
         if not isinstance(model, (EfficientViTSam, Sam)):
             raise TypeError("model must be an EfficientViTSam or a segment_anything Sam, got "
                             f"{type(model).__name__}")
         self.device = torch.device(device) if device is not None else \
             next(model.parameters()).device
+        self.fast = fast and isinstance(model, EfficientViTSam)
+        if self.fast:
+            from .fastpath import optimize_for_inference
+
+            model = optimize_for_inference(model.eval(), device=self.device)
         self.model = model.to(self.device).eval()
         self.encoder_size = int(model.image_encoder.img_size)
         # The frame of points, boxes and mask post-processing: 1024 for every EfficientViT-SAM

@@ -25,11 +25,14 @@ def _image(h: int = 120, w: int = 200, seed: int = 0) -> np.ndarray:
 
 # -- parity with the official code, every variant ----------------------------------------------
 
-@pytest.fixture(scope="module", params=OFFICIAL)
+@pytest.fixture(scope="module", params=[(v, fast) for v in OFFICIAL for fast in (False, True)],
+                ids=lambda p: f"{p[0]}-{'fast' if p[1] else 'eager'}")
 def official(request):
-    """(predictor with the parity image set, parity data): each variant encoded ONCE."""
-    data = parity_fixture(request.param)
-    predictor = EfficientViTSamPredictor(deterministic_model(request.param))
+    """(predictor with the parity image set, parity data): each variant and path encoded ONCE."""
+    variant, fast = request.param
+    data = parity_fixture(variant)
+    predictor = EfficientViTSamPredictor(deterministic_model(variant), fast=fast)
+    assert predictor.fast is fast
     predictor.set_image(data["image"])
     return predictor, data
 
@@ -169,7 +172,8 @@ def test_set_images_one_encoder_call_and_predict_batch():
     predictor = EfficientViTSamPredictor(model)
     images = [_image(120, 200, 0), _image(90, 60, 1), _image(256, 256, 2)]
     batch_sizes = []
-    hook = model.image_encoder.register_forward_hook(lambda m, i, o: batch_sizes.append(len(o)))
+    hook = predictor.model.image_encoder.register_forward_hook(
+        lambda m, i, o: batch_sizes.append(len(o)))
     predictor.set_images(images)
     hook.remove()
     assert batch_sizes == [3]

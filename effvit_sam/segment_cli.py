@@ -1,0 +1,201 @@
+"""``effvit-sam segment``: masks for one image from points/boxes, or everything, to an overlay
+picture and COCO-RLE JSON.
+
+    effvit-sam segment photo.jpg --point 320,240 --point 400,260,0 --output overlay.png
+    effvit-sam segment photo.jpg --box 10,20,300,400 --box 350,40,600,380 --json masks.json
+    effvit-sam segment scan.png --everything --crop-n-layers 1 --json masks.json
+
+Weights: ``--checkpoint PATH`` (official ``.pt`` or a ``save_pretrained`` directory's file), else
+the official file from the local Hugging Face cache (nothing is downloaded), else an error;
+``--random-weights`` is for testing the pipeline only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import CheckpointError, atomic_write
+
+logger = logging.getLogger(__name__)
+PROG = "effvit-sam segment"
+
+
+def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts:
+        raise argparse.ArgumentTypeError(f"{what} must be {' or '.join(_FORMS[what])}, got "
+                                         f"{text!r}")
+    return values
+
+
+_FORMS = {"point": ("X,Y", "X,Y,LABEL"), "box": ("X0,Y0,X1,Y1",)}
+
+
+def _point(text: str) -> tuple[float, float, int]:
+    values = _numbers(text, (2, 3), "point")
+    label = values[2] if len(values) == 3 else 1.0
+    if label not in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"point label must be 1 (foreground) or 0 (background), "
+                                         f"got {text!r}")
+    return values[0], values[1], int(label)
+
+
+def _box(text: str) -> list[float]:
+    return _numbers(text, (4,), "box")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", type=Path, help="image file (any format PIL reads)")
+    parser.add_argument("--model", default="efficientvit-sam-l0",
+                        help="model name, e.g. l0 ... xl1 (default: efficientvit-sam-l0)")
+    parser.add_argument("--checkpoint", type=Path, help="weights file for --model")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights (testing only; masks are meaningless)")
+    parser.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,L]",
+                        help="point prompt in pixels; label 1 foreground (default) or 0")
+    parser.add_argument("--box", type=_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
+                        help="box prompt in pixels (several boxes: one mask each, sharing the "
+                             "points)")
+    parser.add_argument("--everything", action="store_true",
+                        help="automatic mask generation over a point grid")
+    parser.add_argument("--output", type=Path, help="overlay picture (default: "
+                        "<image stem>_overlay.png in the current directory)")
+    parser.add_argument("--json", type=Path, help="write the masks as COCO-RLE JSON")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--multimask", action="store_true",
+                        help="three candidates per prompt (all in the JSON, best in the overlay)")
+    parser.add_argument("--no-fast", action="store_true", help="run the model eagerly")
+    amg = parser.add_argument_group("everything mode")
+    amg.add_argument("--points-per-side", type=int, default=32)
+    amg.add_argument("--points-per-batch", type=int, default=64)
+    amg.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    amg.add_argument("--stability-score-thresh", type=float, default=0.95)
+    amg.add_argument("--crop-n-layers", type=int, default=0)
+    amg.add_argument("--min-mask-region-area", type=int, default=0)
+    return parser
+
+
+def load_model(name: str, checkpoint: Path | None, random_weights: bool):
+    """The model from ``checkpoint``, the local HF cache, or random weights (explicitly)."""
+    from .build import build_sam
+    from .checkpoint import from_pretrained
+
+    if checkpoint is not None:
+        return build_sam(name, checkpoint=checkpoint)
+    if random_weights:
+        logger.warning("--random-weights: %s with random weights, masks are meaningless", name)
+        torch.manual_seed(0)
+        return build_sam(name)
+    try:
+        return from_pretrained(name, local_files_only=True)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise CheckpointError(f"no weights for {name}: pass --checkpoint PATH (official "
+                              f"efficientvit_sam_*.pt), put the file in the Hugging Face cache, "
+                              f"or use --random-weights for a pipeline test ({err})") from err
+
+
+def _segment_prompts(predictor, args) -> tuple[list[dict], np.ndarray]:
+    """Records (COCO RLE; ``bbox`` XYWH as the mask generator writes it) and the masks to draw
+    (the best-scoring candidate of each prompt)."""
+    from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
+
+    from .visualize import mask_to_rle
+
+    points = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
+    labels = np.array([p[2] for p in args.point]) if args.point else None
+    boxes = np.array(args.box, dtype=np.float64) if args.box else None
+    masks, scores, _ = predictor.predict(points, labels, boxes, multimask_output=args.multimask)
+    if boxes is None:  # one prompt set: make it a batch of one
+        masks, scores = masks[None], scores[None]
+    records, drawn = [], []
+    for i in range(len(masks)):
+        drawn.append(masks[i, int(np.argmax(scores[i]))])
+        boxes_xyxy = batched_mask_to_box(torch.from_numpy(masks[i]))
+        for j in range(masks.shape[1]):
+            records.append({"segmentation": mask_to_rle(masks[i, j]),
+                            "area": int(masks[i, j].sum()),
+                            "bbox": box_xyxy_to_xywh(boxes_xyxy[j]).tolist(),
+                            "predicted_iou": float(scores[i, j]), "prompt_index": i,
+                            "candidate": j})
+    return records, np.stack(drawn)
+
+
+def _write_overlay(path: Path, picture: np.ndarray) -> None:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--output {path}: unknown picture format {path.suffix!r} "
+                         "(use .png or .jpg)")
+    atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format=fmt))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .automatic import EfficientViTSamAutomaticMaskGenerator
+    from .predictor import EfficientViTSamPredictor
+    from .visualize import overlay_masks, rle_to_mask
+
+    if args.everything == bool(args.point or args.box):
+        raise ValueError("give prompts (--point/--box) or --everything, exactly one of the two")
+    if not args.image.is_file():
+        raise FileNotFoundError(f"image not found: {args.image}")
+    output = args.output or Path(f"{args.image.stem}_overlay.png")
+    if output.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--output {output}: unknown picture format (use .png or .jpg)")
+    with Image.open(args.image) as im:
+        image = np.asarray(im.convert("RGB"))
+    model = load_model(args.model, args.checkpoint, args.random_weights)
+    if args.everything:
+        generator = EfficientViTSamAutomaticMaskGenerator(
+            model, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_n_layers,
+            min_mask_region_area=args.min_mask_region_area, output_mode="coco_rle",
+            progress=True, device=args.device, fast=not args.no_fast)
+        records = generator.generate(image)
+        # Draw largest first so small masks stay visible on top.
+        order = sorted(range(len(records)), key=lambda i: -records[i]["area"])
+        drawn = (np.stack([rle_to_mask(records[i]["segmentation"]) for i in order])
+                 if records else None)
+    else:
+        predictor = EfficientViTSamPredictor(model, device=args.device, fast=not args.no_fast)
+        predictor.set_image(image)
+        records, drawn = _segment_prompts(predictor, args)
+    picture = overlay_masks(
+        image, drawn,
+        points=[p[:2] for p in args.point] or None, labels=[p[2] for p in args.point] or None,
+        boxes=args.box or None)
+    _write_overlay(output, picture)
+    if args.json is not None:
+        doc = {"image": str(args.image), "height": image.shape[0], "width": image.shape[1],
+               "model": args.model, "mode": "everything" if args.everything else "prompts",
+               "annotations": records}
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(doc)))
+    print(f"{len(records)} masks; overlay written to {output}"
+          + (f", masks to {args.json}" if args.json else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``effvit-sam segment``; returns the exit code (2 for bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sys.exit(main())
