@@ -35,7 +35,7 @@ def miou_table(results: list[InstanceResult], *, rounds: list[int] | None = None
 
     ``rounds=None`` summarises the single round of box prompts, keyed ``mIoU``, ``mIoU_small``,
     ...; with rounds the keys are ``mIoU@1click``, ``mIoU_small@1click``, .... Results are
-    summed in ``ann_id`` order so every process layout gives bit-identical figures. An empty
+    summed in ``(image_id, ann_id)`` order, so the process layout never changes the sum. An empty
     bucket gives ``None``.
     """
     ordered = sorted(results, key=lambda r: (r.image_id, r.ann_id))

@@ -287,6 +287,10 @@ def test_two_processes_give_the_same_metrics_as_one(tmp_path):
         torch.set_num_threads(threads)
     one = json.loads((tmp_path / "one.json").read_text())
     assert one["settings"]["num_processes"] == 1 and two["settings"]["num_processes"] == 2
-    assert two["metrics"] == one["metrics"]  # bit-identical: same weights, same order
+    # Same weights, same summation order. Not asserted bit-exact: CPU BLAS kernels may round
+    # differently from one process to another (seen once: 1e-6 points after 3 clicks, where a
+    # flipped pixel moved a click); a lost or doubled image would be far off, and the counts
+    # below are exact.
+    assert two["metrics"] == pytest.approx(one["metrics"], rel=1e-6, abs=1e-4)
     assert two["num_instances"] == one["num_instances"] == {"all": 4, "small": 2, "medium": 1,
                                                             "large": 1}
