@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                         detections=args.detections, feed_logits=args.feed_logits,
                         include_crowd=args.include_crowd)
         dataset = EvalDataset(args.dataset, args.annotations, args.images)
+        if args.max_prompts < 1:
+            raise ValueError(f"--max-prompts must be >= 1, got {args.max_prompts}")
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     accelerator = Accelerator(cpu=args.device == "cpu")
@@ -84,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if summary is None:
         return 0
     seconds = time.perf_counter() - start  # includes scoring; a rough figure, never tested
-    done = summary.get("num_instances", {}).get("all", summary.get("num_detections", 0))
+    unit, done = (("detections", summary["num_detections"]) if "num_detections" in summary
+                  else ("instances", summary["num_instances"]["all"]))
     summary["timing"] = {"seconds": round(seconds, 3),
-                         "prompts_per_second": round(done / seconds, 3) if seconds else None}
+                         f"{unit}_per_second": round(done / seconds, 3) if seconds else None}
     settings = {
         "model": args.model, "checkpoint": args.checkpoint,
         "checkpoint_sha256": file_sha256(args.checkpoint), "dataset": args.dataset,

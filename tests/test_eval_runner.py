@@ -215,6 +215,7 @@ def test_cli_box_end_to_end_writes_report(tmp_path, capsys):
     assert report["settings"]["mode"] == "box" and report["settings"]["num_processes"] == 1
     assert report["num_instances"]["all"] == 4
     assert 0.0 <= report["metrics"]["mIoU"] <= 100.0
+    assert set(report["timing"]) == {"seconds", "instances_per_second"}
     printed = capsys.readouterr().out
     assert report["markdown_row"] in printed and "mIoU_small" in printed
 
