@@ -43,7 +43,6 @@ class Task:
     model: EfficientViTSam
     step_module: nn.Module
     make_loader: Callable[[int], Iterable[dict]]
-    find_unused_parameters: bool = False
 
 
 def make_accelerator(cfg: Config, *, find_unused_parameters: bool = False):
@@ -192,6 +191,8 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
 
     out_dir = Path(cfg.run.out_dir)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    # phase 2 leaves some prompt-encoder weights unused on a step (no mask input, points
+    # without a box...), which DDP must be told about
     accelerator = make_accelerator(cfg, find_unused_parameters=cfg.phase == 2)
     task = task_factory(cfg, accelerator)
     rank, world = accelerator.process_index, accelerator.num_processes

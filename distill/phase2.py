@@ -141,7 +141,7 @@ def phase2_task(cfg: Config, accelerator) -> Task:
     if cfg.model.decoder_from:
         load_decoder_from(model, cfg.model.decoder_from)
     step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss)
-    return Task(model=model, step_module=step, find_unused_parameters=True,
+    return Task(model=model, step_module=step,
                 make_loader=lambda epoch: make_phase2_loader(cfg, encoder_size=model.encoder_size,
                                                              epoch=epoch))
 
