@@ -61,7 +61,9 @@ class PeakMemory:
     """Peak memory above the starting point while the block runs, in MiB.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process's resident set size, polled by
-    a thread every 2 ms (covers PyTorch, onnxruntime and numpy alike).
+    a thread every 2 ms (covers PyTorch, onnxruntime and numpy alike). Sampling can miss a spike
+    shorter than a poll or made while another thread holds the GIL; torch and onnxruntime
+    kernels release it, so model calls are sampled throughout.
     """
 
     def __init__(self, device: torch.device) -> None:
