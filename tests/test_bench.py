@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import mmap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -53,12 +53,15 @@ def test_markdown_table_hand_made_report() -> None:
 
 
 def test_peak_memory_sees_an_allocation() -> None:
+    size = 64 * 2**20
     with PeakMemory(torch.device("cpu")) as mem:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        # Sampling: give the polling thread the GIL while the block is alive (numpy's fill
-        # holds it; torch kernels release it, so real workloads are sampled throughout).
+        # A fresh anonymous mapping, every page touched: new resident memory whatever the heap
+        # already holds (late in a test session malloc can reuse pages that are still resident).
+        block = mmap.mmap(-1, size)
+        block[::4096] = b"\x01" * (size // 4096)
+        # Sampling: give the polling thread the GIL while the block is alive.
         time.sleep(0.05)
-        del block
+        block.close()
     assert 40 < mem.peak_mb < 200
 
 
