@@ -17,6 +17,7 @@ _EXPORTS = {
     "load_checkpoint": ".checkpoint", "save_pretrained": ".checkpoint",
     "MODEL_CONFIGS": ".configs", "EncoderConfig": ".configs", "SamConfig": ".configs",
     "EfficientViTSam": ".modeling",
+    "fuse_model": ".fuse",
     "EfficientViTSamPredictor": ".predictor",
     "EfficientViTSamAutomaticMaskGenerator": ".automatic",
 }
@@ -24,6 +25,7 @@ _EXPORTS = {
 __all__ = [
     "MODEL_CONFIGS", "CheckpointError", "EfficientViTSam", "EfficientViTSamAutomaticMaskGenerator",
     "EfficientViTSamPredictor", "EncoderConfig", "SamConfig", "build_sam", "from_pretrained",
+    "fuse_model",
     "get_config", "list_models", "load_checkpoint", "save_pretrained",
 ]
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .build import build_sam, get_config, list_models
     from .checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_pretrained
     from .configs import MODEL_CONFIGS, EncoderConfig, SamConfig
+    from .fuse import fuse_model
     from .modeling import EfficientViTSam
     from .predictor import EfficientViTSamPredictor
 

@@ -106,6 +106,9 @@ def test_fuse_keeps_original_and_returns_eval_copy() -> None:
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert count_bn(fused) == 0
+    import effvit_sam
+
+    assert effvit_sam.fuse_model is fuse_model  # the package-level name issue #2 promises
     with pytest.raises(TypeError):
         fuse("not a module")  # type: ignore[arg-type]
 
