@@ -3,6 +3,7 @@
 Engines, all in one process on the same weights and inputs:
 
 * ``eager`` - the model as built: float32 eager PyTorch, the official computation;
+* ``fused`` - BatchNorm folded into the convolutions, nothing else (opt-in: ``--engines``);
 * ``fast`` - :func:`effvit_sam.fastpath.optimize_for_inference` with ``FastPathOptions.auto``;
 * ``compiled`` - the fast path plus ``torch.compile`` (inductor, weight freezing on CPU);
 * ``onnx`` - the exported graphs in onnxruntime (``onnx_predictor.OnnxSamPredictor``);
@@ -36,7 +37,7 @@ from .checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("eager", "fast", "compiled", "onnx")
+ENGINES = ("eager", "fused", "fast", "compiled", "onnx")
 SAM_BASELINES = ("sam_vit_b", "sam_vit_h")
 IMAGE_SIZE = (480, 640)  # the end-to-end image, H x W
 RSS_POLL_S = 0.002
@@ -187,6 +188,10 @@ def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path
         start = time.perf_counter()
         if name == "eager":
             engine = _torch_engine(name, model, device, prompts=args.prompts)
+        elif name == "fused":  # BatchNorm folding alone: effvit_sam.fuse_model's figure
+            opts = FastPathOptions.eager().with_(fold_bn=True)
+            fast = optimize_for_inference(model, device=device, options=opts)
+            engine = _torch_engine(name, fast, device, prompts=args.prompts)
         elif name in ("fast", "compiled"):
             opts = FastPathOptions.auto(device).with_(compile=name == "compiled")
             fast = optimize_for_inference(model, device=device, options=opts)
@@ -355,7 +360,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per decoder figure")
-    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--engines", nargs="+", choices=ENGINES,
+                        default=[e for e in ENGINES if e != "fused"])
     parser.add_argument("--sam", nargs="*", choices=SAM_BASELINES, default=["sam_vit_b"],
                         help="SAM encoders to compare with (random weights)")
     parser.add_argument("--vit-h", action="store_true",

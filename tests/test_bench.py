@@ -15,12 +15,13 @@ from effvit_sam.bench import PeakMemory, main, markdown_table, parse_args
 
 
 def test_bench_writes_json_markdown_png(tmp_path: Path) -> None:
-    argv = ["--model", "tiny", "--engines", "eager", "fast", "onnx", "--sam", "--runs", "2",
-            "--warmup", "1", "--batch", "2", "--prompts", "2", "--out", str(tmp_path)]
+    argv = ["--model", "tiny", "--engines", "eager", "fused", "fast", "onnx", "--sam",
+            "--runs", "2", "--warmup", "1", "--batch", "2", "--prompts", "2",
+            "--out", str(tmp_path)]
     assert main(argv) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["config"]["model"] == "tiny" and report["config"]["threads"] == 2
-    assert list(report["results"]) == ["eager", "fast", "onnx"]
+    assert list(report["results"]) == ["eager", "fused", "fast", "onnx"]
     for name, row in report["results"].items():
         assert row["encoder_size"] == 256
         assert row["encoder_latency_s_b1"] > 0 and row["encoder_images_per_s_b2"] > 0
@@ -33,9 +34,10 @@ def test_bench_writes_json_markdown_png(tmp_path: Path) -> None:
         eager["encoder_latency_s_b1"] / fast["encoder_latency_s_b1"])
     table = (tmp_path / "bench.md").read_text()
     assert table == markdown_table(report)
-    rows = [line for line in table.splitlines() if line.startswith(("| eager |", "| fast |",
-                                                                      "| onnx |"))]
-    assert len(rows) == 3
+    rows = [line for line in table.splitlines()
+            if line.startswith(("| eager |", "| fused |", "| fast |", "| onnx |"))]
+    assert len(rows) == 4
+    assert "fused_speedup_vs_eager" in report["ratios"]
     with Image.open(tmp_path / "bench.png") as png:
         assert png.format == "PNG" and png.width > 100 and png.height > 100
 
