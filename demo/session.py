@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from effvit_sam.automatic import EfficientViTSamAutomaticMaskGenerator
+from effvit_sam.fastpath import optimize_for_inference
 from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.predictor import EfficientViTSamPredictor
 from effvit_sam.predictor_inputs import as_rgb_image
@@ -109,6 +110,10 @@ class DemoBackend:
         if self.points_per_side < 1:
             raise ValueError(f"points_per_side must be positive, got {self.points_per_side}")
         self.model.eval()
+        # The fast path (BN folding, channels-last) is applied ONCE here and shared by every
+        # session: a predictor built with the default fast=True would deep-copy and re-fold the
+        # model on every upload, and each live session would then hold its own model copy.
+        self.inference_model = optimize_for_inference(self.model, device=self.device)
 
     # -- handlers ------------------------------------------------------------------------------
     def new_session(self, image: np.ndarray, previous: DemoSession | None = None) -> DemoSession:
@@ -116,7 +121,7 @@ class DemoBackend:
         image = as_rgb_image(image)
         if previous is not None:
             previous.close()  # one embedding per tab: the old image's goes now, not at tab close
-        predictor = EfficientViTSamPredictor(self.model, device=self.device)
+        predictor = EfficientViTSamPredictor(self.inference_model, device=self.device, fast=False)
         start = time.perf_counter()
         predictor.set_image(image)
         encode_ms = (time.perf_counter() - start) * 1000
@@ -177,7 +182,8 @@ class DemoBackend:
         # The generator encodes the image again (its own predictor): "everything" time below
         # therefore includes one encode, unlike a click.
         generator = EfficientViTSamAutomaticMaskGenerator(
-            self.model, points_per_side=self.points_per_side, device=self.device)
+            self.inference_model, points_per_side=self.points_per_side, device=self.device,
+            fast=False)
         start = time.perf_counter()
         records = generator.generate(session.image)
         session.decode_ms = (time.perf_counter() - start) * 1000

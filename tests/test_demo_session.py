@@ -34,7 +34,7 @@ def image():
 @pytest.fixture
 def encoder_calls(backend):
     calls = [0]
-    hook = backend.model.image_encoder.register_forward_hook(
+    hook = backend.inference_model.image_encoder.register_forward_hook(
         lambda *_: calls.__setitem__(0, calls[0] + 1))
     yield calls
     hook.remove()
@@ -58,6 +58,15 @@ def test_embedding_is_computed_once_per_image(backend, image, encoder_calls):
     assert calls[0] == 1  # clicks cost decoder time only
     backend.new_session(image, previous=session)
     assert calls[0] == 2
+
+
+def test_sessions_share_one_inference_model(backend, image):
+    """An upload must not copy the model: every session decodes with the backend's one
+    fast-path model, so memory per session is its image and embedding only."""
+    first, second = backend.new_session(image), backend.new_session(image)
+    assert first.predictor.model is backend.inference_model
+    assert second.predictor.model is backend.inference_model
+    assert backend.inference_model is not backend.model  # the user's model stays untouched
 
 
 def test_point_clicks_decode_like_the_predictor(backend, image):
@@ -175,8 +184,10 @@ def test_everything_orders_largest_first_and_exports_a_label_image(backend, imag
     small[20:30, 20:40] = True  # inside big: must be drawn and labelled on top
 
     class Generator:
-        def __init__(self, model, *, points_per_side, device):
+        def __init__(self, model, *, points_per_side, device, fast):
             assert points_per_side == 4
+            # the backend's shared fast-path model, not optimised (copied) a second time
+            assert model is backend.inference_model and fast is False
 
         def generate(self, img):
             return [{"segmentation": small, "area": 200, "predicted_iou": 0.9},
