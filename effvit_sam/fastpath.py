@@ -6,6 +6,9 @@ tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py
 
 * ``fold_bn`` - BatchNorm folded into convolutions (:func:`effvit_sam.fuse.fuse`); exact up to
   float32 rounding (embeddings within 1e-4).
+* ``fuse_epilogues`` - each conv's activation and residual add done in place in the conv's output
+  buffer (:mod:`effvit_sam.epilogue`): no activation-sized allocation per GELU or add, the same
+  kernels, bit-identical results.
 * ``channels_last`` - NHWC activations, which oneDNN's depthwise and 1x1 kernels prefer; exact up
   to rounding.
 * ``compile`` - ``torch.compile`` (inductor) of the image encoder. On CPU it runs with inductor's
@@ -28,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .epilogue import fuse_epilogues
 from .fuse import fuse
 from .modeling import EfficientViTSam
 
@@ -41,6 +45,7 @@ class FastPathOptions:
     """Which inference optimisations to apply (see the module docstring for each one's cost)."""
 
     fold_bn: bool = True
+    fuse_epilogues: bool = True
     channels_last: bool = True
     compile: bool = False
     freeze_weights: bool = True
@@ -56,7 +61,8 @@ class FastPathOptions:
     def auto(cls, device: str | torch.device | None = None) -> FastPathOptions:
         """The default for a device type: what measurably helps there.
 
-        CPU: BN folding + channels-last (``compile=True`` is opt-in, see the README's figures).
+        CPU: BN folding, epilogue fusion and channels-last (``compile=True`` is opt-in, see the
+        README's figures).
         CUDA: the same plus a compiled encoder and bf16 autocast (fp16 where the GPU has no bf16).
         """
         dev = torch.device(device if device is not None else "cpu")
@@ -71,7 +77,7 @@ class FastPathOptions:
     @classmethod
     def eager(cls) -> FastPathOptions:
         """Nothing applied: the official float32 computation (for comparisons)."""
-        return cls(fold_bn=False, channels_last=False)
+        return cls(fold_bn=False, fuse_epilogues=False, channels_last=False)
 
     def with_(self, **changes: object) -> FastPathOptions:
         """A copy with some fields changed; an unknown field raises ``TypeError``."""
@@ -147,6 +153,8 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
         raise ValueError("quantize_decoder (dynamic int8) runs on CPU only")
 
     base = fuse(model) if opts.fold_bn else copy.deepcopy(model).eval()
+    if opts.fuse_epilogues:
+        base = fuse_epilogues(base)  # converts the BN-free convs (all of them once BN is folded)
     base.to(dev)
     encoder = base.image_encoder
     if opts.channels_last:

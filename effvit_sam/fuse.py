@@ -88,6 +88,18 @@ def fuse(module: M) -> M:
     return fused
 
 
-def fuse_model(model: M) -> M:
-    """Alias of :func:`fuse` for whole models: ``fuse_model(build_sam("l0"))``."""
-    return fuse(model)
+def fuse_model(model: M, *, epilogues: bool = True) -> M:
+    """The fused inference copy of a model (or any module): ``fuse_model(build_sam("l0"))``.
+
+    Every BatchNorm folded into its convolution (:func:`fuse`) and, with ``epilogues`` (the
+    default), every activation and residual add after a convolution moved into that
+    convolution's oneDNN epilogue on CPU (:mod:`effvit_sam.epilogue`; plain ops on other devices,
+    under autograd, tracing, export and ``torch.compile``). Outputs equal the eval-mode outputs of
+    ``model`` up to float32 rounding. ``epilogues=False`` is :func:`fuse`.
+    """
+    fused = fuse(model)
+    if epilogues:
+        from .epilogue import fuse_epilogues
+
+        fused = fuse_epilogues(fused)
+    return fused

@@ -56,10 +56,11 @@ def _check_against_eager(tiny: EfficientViTSam, options: FastPathOptions, atol: 
 
 @pytest.mark.parametrize("options", [
     FastPathOptions.eager(),
-    FastPathOptions(fold_bn=True, channels_last=False),
-    FastPathOptions(fold_bn=False, channels_last=True),
+    FastPathOptions(fold_bn=True, fuse_epilogues=False, channels_last=False),
+    FastPathOptions(fold_bn=False, fuse_epilogues=True, channels_last=False),
+    FastPathOptions(fold_bn=False, fuse_epilogues=False, channels_last=True),
     FastPathOptions(),
-], ids=["eager", "fold_bn", "channels_last", "fold_bn+channels_last"])
+], ids=["eager", "fold_bn", "fuse_epilogues", "channels_last", "default"])
 def test_exact_options_match_eager(tiny: EfficientViTSam, options: FastPathOptions) -> None:
     _check_against_eager(tiny, options, EMBED_ATOL["exact"])
 

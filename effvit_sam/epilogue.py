@@ -1,0 +1,127 @@
+"""Epilogue fusion: a convolution's activation and residual add done in its output buffer.
+
+After BatchNorm folding (:mod:`effvit_sam.fuse`) every EfficientViT block is a chain of
+``conv (+ bias) -> GELU`` and ``conv (+ bias) -> + shortcut``. Run as separate out-of-place ops,
+each GELU and each add allocates another activation-sized tensor. On CPU the big ones (32 MiB at
+L0's 128x128 and 64x64 stages) come straight from the OS, and first-touch page faults then cost
+several times the arithmetic: a ReLU on a fresh 32 MiB tensor takes 31 ms here, 5 ms into an
+existing buffer. Doing the add and the activation in place on the convolution's own (fresh)
+output removes every such allocation and runs exactly the same kernels, so the result is
+bit-identical to the unfused ops.
+
+In place is only safe without autograd, so :class:`FusedConv` falls back to the out-of-place ops
+whenever a tensor needs a gradient, and while being traced or exported.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .modeling.blocks import FusedMBConv, MBConv, ResBlock, Residual
+from .modeling.layers import ConvNormAct
+
+
+def _in_place(act: nn.Module):
+    """The in-place form of ``act``; None when there is none."""
+    if isinstance(act, nn.Identity):
+        return lambda t: t
+    if isinstance(act, nn.GELU):
+        approximate = act.approximate
+        return lambda t: torch.ops.aten.gelu_(t, approximate=approximate)
+    if isinstance(act, nn.ReLU):
+        return torch.relu_
+    return None
+
+
+def _needs_out_of_place(*tensors: torch.Tensor | None) -> bool:
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class FusedConv(nn.Module):
+    """``act(conv(x) [+ residual])`` with the add and the activation in the conv's output buffer.
+
+    Built from a ``ConvNormAct`` whose norm has been folded (an ``Identity``); keeps ``conv`` and
+    ``act`` so the out-of-place fallback is the original computation.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
+        super().__init__()
+        act_ = _in_place(act)
+        if act_ is None:
+            raise ValueError(f"no in-place form of activation {act!r}")
+        self.conv = conv
+        self.act = act
+        self._act_ = act_
+
+    @classmethod
+    def from_conv_norm_act(cls, layer: ConvNormAct) -> FusedConv:
+        if not isinstance(layer.norm, nn.Identity):
+            raise ValueError("fold the BatchNorm first (effvit_sam.fuse.fuse)")
+        return cls(layer.conv, layer.act)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x)
+        if _needs_out_of_place(out, residual):
+            return self.act(out + residual if residual is not None else out)
+        if residual is not None:
+            out.add_(residual)
+        return self._act_(out)
+
+
+# The conv chain of each residual block type, in call order (their forward is exactly this chain).
+_CHAINS = {ResBlock: ("conv1", "conv2"), FusedMBConv: ("spatial_conv", "point_conv"),
+           MBConv: ("inverted_conv", "depth_conv", "point_conv")}
+
+
+class FusedResidual(nn.Module):
+    """``Residual(block)`` whose last conv adds the shortcut in its epilogue."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for layer in self.layers[:-1]:
+            h = layer(h)
+        return self.layers[-1](h, residual=x)
+
+
+def _fused_chain(block: nn.Module) -> list[nn.Module] | None:
+    names = _CHAINS.get(type(block))
+    if names is None:
+        return None
+    layers = [getattr(block, n) for n in names]
+    return layers if isinstance(layers[-1], FusedConv) else None
+
+
+def _convert(module: nn.Module) -> nn.Module | None:
+    """The fused replacement of ``module`` itself, or None when it is not converted."""
+    if isinstance(module, ConvNormAct) and isinstance(module.norm, nn.Identity) \
+            and _in_place(module.act) is not None:
+        return FusedConv.from_conv_norm_act(module)
+    if isinstance(module, Residual) and module.shortcut:
+        chain = _fused_chain(module.main)
+        if chain is not None:
+            return FusedResidual(chain)
+    return None
+
+
+def fuse_epilogues(module: nn.Module) -> nn.Module:
+    """Converts ``module`` in place and returns it (or its replacement, when ``module`` itself is
+    converted): every BN-free ``ConvNormAct`` becomes a :class:`FusedConv`, then every shortcut
+    ``Residual`` over a ResBlock/FusedMBConv/MBConv whose last conv was converted becomes a
+    :class:`FusedResidual`. Meant for an inference copy whose BatchNorms are already folded;
+    convs that still have a norm are left as they are."""
+    for kinds in ((ConvNormAct,), (Residual,)):  # convs first: a residual needs its last conv
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                new = _convert(child) if isinstance(child, kinds) else None
+                if new is not None:
+                    setattr(parent, name, new)
+        if isinstance(module, kinds):
+            module = _convert(module) or module
+    return module
