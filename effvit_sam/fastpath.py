@@ -17,6 +17,9 @@ tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py
 * ``autocast_dtype`` - bf16/fp16 autocast of the encoder on GPU. The linear attention, the
   LayerNorm and the bicubic upsampling run in float32 inside the model whatever the autocast
   dtype, as the official model requires. Not used on CPU (no bf16 units on this class of CPU).
+* ``keep_freed_memory`` - make the process reuse freed CPU memory instead of page-faulting fresh
+  memory for every large activation (:mod:`effvit_sam.cpu_memory`; glibc Linux). Process-wide and
+  applied on the first CPU encoder call; it changes no value, only where memory comes from.
 * ``quantize_decoder`` - dynamic int8 quantisation of the mask decoder's ``nn.Linear`` layers
   (CPU only; the encoder has no Linear layers). Changes masks slightly; off by default.
 """
@@ -31,6 +34,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .cpu_memory import freed_memory_kept, keep_freed_memory
 from .epilogue import fuse_epilogues
 from .fuse import fuse
 from .modeling import EfficientViTSam
@@ -49,6 +53,7 @@ class FastPathOptions:
     channels_last: bool = True
     compile: bool = False
     freeze_weights: bool = True
+    keep_freed_memory: bool = False
     autocast_dtype: torch.dtype | None = None
     quantize_decoder: bool = False
 
@@ -61,8 +66,8 @@ class FastPathOptions:
     def auto(cls, device: str | torch.device | None = None) -> FastPathOptions:
         """The default for a device type: what measurably helps there.
 
-        CPU: BN folding, epilogue fusion and channels-last (``compile=True`` is opt-in, see the
-        README's figures).
+        CPU: BN folding, epilogue fusion, channels-last and kept freed memory
+        (``compile=True`` is opt-in, see the README's figures).
         CUDA: the same plus a compiled encoder and bf16 autocast (fp16 where the GPU has no bf16).
         """
         dev = torch.device(device if device is not None else "cpu")
@@ -70,7 +75,7 @@ class FastPathOptions:
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             return cls(compile=True, autocast_dtype=torch.bfloat16 if bf16 else torch.float16)
         if dev.type == "cpu":
-            return cls()
+            return cls(keep_freed_memory=True)
         # mps and others: only the transformations that cannot hit unsupported kernels.
         return cls()
 
@@ -106,6 +111,8 @@ class FastImageEncoder(nn.Module):
             raise ValueError(f"encoder input must be Bx3x{self.img_size}x{self.img_size}, "
                              f"got {tuple(x.shape)}")
         opts = self.options
+        if opts.keep_freed_memory and x.device.type == "cpu" and not freed_memory_kept():
+            keep_freed_memory()
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(x.device.type, dtype=opts.autocast_dtype) \

@@ -128,9 +128,12 @@ def test_bad_options_raise(tiny: EfficientViTSam) -> None:
 
 def test_auto_options_per_device() -> None:
     cpu = FastPathOptions.auto("cpu")
-    assert cpu.fold_bn and cpu.channels_last and cpu.autocast_dtype is None
+    assert cpu.fold_bn and cpu.fuse_epilogues and cpu.channels_last and cpu.keep_freed_memory
+    assert cpu.autocast_dtype is None and not cpu.compile
     cuda = FastPathOptions.auto("cuda")
     assert cuda.autocast_dtype in (torch.bfloat16, torch.float16) and cuda.compile
+    assert not cuda.keep_freed_memory
+    assert not FastPathOptions.eager().keep_freed_memory
 
 
 @pytest.mark.gpu
