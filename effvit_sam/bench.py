@@ -7,6 +7,8 @@ Engines, all in one process on the same weights and inputs:
   place; nothing else (opt-in: ``--engines``);
 * ``fast`` - :func:`effvit_sam.fastpath.optimize_for_inference` with ``FastPathOptions.auto``;
 * ``compiled`` - the fast path plus ``torch.compile`` (inductor, weight freezing on CPU);
+* ``int8`` - the compiled fast path with a static int8 encoder (CPU, ``torchao``; calibrated on
+  random inputs, which is fine for timing and says nothing of accuracy; opt-in: ``--engines``);
 * ``eager_kept`` - the eager model again, timed after the fast path has made the process keep
   freed memory (:mod:`effvit_sam.cpu_memory`), to separate that gain from the code's;
 * ``onnx`` - the exported graphs in onnxruntime (``onnx_predictor.OnnxSamPredictor``);
@@ -45,7 +47,7 @@ from .cpu_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("eager", "fused", "fast", "compiled", "onnx")
+ENGINES = ("eager", "fused", "fast", "compiled", "int8", "onnx")
 SAM_BASELINES = ("sam_vit_b", "sam_vit_h")
 IMAGE_SIZE = (480, 640)  # the end-to-end image, H x W
 RSS_POLL_S = 0.002
@@ -206,6 +208,13 @@ def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
             engine.keeps_memory = opts.keep_freed_memory
+        elif name == "int8":
+            size = model.encoder_size
+            calibration = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+            fast = optimize_for_inference(model, device=device, options=FastPathOptions.int8(),
+                                          calibration=calibration)
+            engine = _torch_engine(name, fast, device, prompts=args.prompts)
+            engine.keeps_memory = True
         else:
             engine = _onnx_engine(model, device, threads=args.threads, prompts=args.prompts,
                                   workdir=workdir)
@@ -297,7 +306,7 @@ def _summarise(args: argparse.Namespace, engines: list[Engine], device: torch.de
         if base is not None and name not in ("eager", *SAM_BASELINES):
             ratios[f"{name}_speedup_vs_eager"] = (base["encoder_latency_s_b1"]
                                                   / row["encoder_latency_s_b1"])
-        if kept is not None and name in ("fast", "compiled"):
+        if kept is not None and name in ("fast", "compiled", "int8"):
             # The code's own gain, with the allocator gain taken out.
             ratios[f"{name}_speedup_vs_eager_kept"] = (kept["encoder_latency_s_b1"]
                                                        / row["encoder_latency_s_b1"])
@@ -384,7 +393,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per decoder figure")
     parser.add_argument("--engines", nargs="+", choices=ENGINES,
-                        default=[e for e in ENGINES if e != "fused"])
+                        default=[e for e in ENGINES if e not in ("fused", "int8")])
     parser.add_argument("--sam", nargs="*", choices=SAM_BASELINES, default=["sam_vit_b"],
                         help="SAM encoders to compare with (random weights)")
     parser.add_argument("--vit-h", action="store_true",
@@ -400,6 +409,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--warmup must be at least 0")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but no CUDA device is available")
+    if torch.device(args.device).type != "cpu" and "int8" in args.engines:
+        parser.error("the int8 engine runs on CPU only")
     return args
 
 

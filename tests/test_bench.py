@@ -82,3 +82,20 @@ def test_bad_arguments() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             parse_args(["--device", "cuda"])
+
+
+@pytest.mark.slow
+def test_bench_int8_engine(tmp_path: Path) -> None:
+    pytest.importorskip("torchao", reason="the int8 engine needs the 'quant' extra")
+    argv = ["--model", "tiny", "--engines", "eager", "int8", "--sam", "--runs", "1",
+            "--warmup", "1", "--batch", "1", "--prompts", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert list(report["results"]) == ["eager", "int8", "eager_kept"]
+    int8 = report["results"]["int8"]
+    assert int8["encoder_latency_s_b1"] > 0 and int8["setup_s"] > 0
+    assert report["ratios"]["int8_speedup_vs_eager"] == pytest.approx(
+        report["results"]["eager"]["encoder_latency_s_b1"] / int8["encoder_latency_s_b1"])
+    assert "int8_speedup_vs_eager_kept" in report["ratios"]
+    with pytest.raises(SystemExit):
+        parse_args(["--engines", "int8", "--device", "meta"])
