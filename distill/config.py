@@ -76,6 +76,9 @@ class TrainConfig:
     mixed_precision: str = "auto"
     embed_loss: str = "mse"
     mask_loss: str = "focal"
+    focal_weight: float = 20.0
+    """Phase 2: weight of the focal (or BCE) term; SAM's 20:1 with ``dice_weight``."""
+    dice_weight: float = 1.0
     seed: int = 0
 
 
@@ -89,6 +92,11 @@ class PromptConfig:
     max_box_jitter_px: float = 20.0
     max_points: int = 3
     iterative_rounds: int = 0
+    multimask_all: bool = False
+    """Decode every prompt (boxes, several clicks, correction rounds) with the three multimask
+    outputs and train the best, as the zero-shot evaluator decodes them; off: SAM's rule (only
+    a single click is ambiguous). For decoders trained from scratch, whose multimask outputs
+    would otherwise only ever see single clicks."""
 
 
 @dataclass
@@ -123,6 +131,9 @@ class Config:
             (self.train.mixed_precision in PRECISIONS,
              f"train.mixed_precision must be one of {PRECISIONS}"),
             (self.teacher.kind in TEACHER_KINDS, f"teacher.kind must be one of {TEACHER_KINDS}"),
+            (self.train.focal_weight >= 0 and self.train.dice_weight >= 0
+             and self.train.focal_weight + self.train.dice_weight > 0,
+             "train.focal_weight and train.dice_weight must be >= 0, not both 0"),
             (self.train.steps > 0 and self.train.grad_accum > 0,
              "train.steps and train.grad_accum must be positive"),
             (self.data.batch_size > 0 and self.data.max_masks > 0,

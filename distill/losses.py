@@ -2,6 +2,7 @@
 
 Phase 2 follows SAM's recipe: ``FOCAL_WEIGHT`` x focal + ``DICE_WEIGHT`` x dice on the best of
 the predicted masks, plus ``IOU_WEIGHT`` x MSE between the IoU head and each mask's actual IoU.
+The two mask weights are the defaults of ``train.focal_weight`` / ``train.dice_weight``.
 """
 
 from __future__ import annotations
@@ -76,18 +77,20 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def sam_mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, *,
-                  kind: str = "focal"
+                  kind: str = "focal", focal_weight: float = FOCAL_WEIGHT,
+                  dice_weight: float = DICE_WEIGHT
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """SAM's loss for ``K x M x H x W`` logits (M outputs per prompt) against ``K x H x W`` masks.
 
-    The mask loss back-propagates only through the best (lowest-loss) of the M outputs, so the
+    Per output: ``focal_weight`` x focal (or BCE, ``kind="bce"``) + ``dice_weight`` x dice. The
+    mask loss back-propagates only through the best (lowest-loss) of the M outputs, so the
     multimask head can keep its ambiguity; the IoU head learns every output's actual IoU.
     Returns ``(total, parts, best)`` with ``best`` the ``K`` indices of the chosen outputs.
     """
     target = target[:, None].expand_as(logits)
     pixel = focal_loss(logits, target) if kind == "focal" else bce_loss(logits, target)
     dice = dice_loss(logits, target)
-    per_output = FOCAL_WEIGHT * pixel + DICE_WEIGHT * dice  # K x M
+    per_output = focal_weight * pixel + dice_weight * dice  # K x M
     best = per_output.detach().argmin(1)
     rows = torch.arange(len(best), device=best.device)
     with torch.no_grad():

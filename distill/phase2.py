@@ -3,9 +3,10 @@
 Per image, its K masks are all prompted the same way this step: by their (jittered) boxes with
 probability ``prompts.box_prob``, otherwise by n ~ U{1..max_points} clicks inside each mask. A
 single click is ambiguous, so it gets the three multimask outputs and only the best is trained;
-boxes and several clicks get the single-mask output. Then ``iterative_rounds`` correction
-rounds: a click from the error region of the previous prediction is added and that prediction's
-low-res logits are fed back as ``mask_input``.
+boxes and several clicks get the single-mask output (with ``prompts.multimask_all`` every
+prompt gets the three outputs, as the zero-shot evaluator decodes them). Then
+``iterative_rounds`` correction rounds: a click from the error region of the previous
+prediction is added and that prediction's low-res logits are fed back as ``mask_input``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from effvit_sam.modeling import EfficientViTSam
 from .cache import expand_urls
 from .config import Config, PromptConfig
 from .engine import Task, train
-from .losses import mask_iou, sam_mask_loss
+from .losses import DICE_WEIGHT, FOCAL_WEIGHT, mask_iou, sam_mask_loss
 from .prompts import correction_clicks, jitter_boxes, pixels_to_points, sample_points
 
 log = logging.getLogger(__name__)
@@ -62,27 +63,30 @@ class FinetuneStep(nn.Module):
     frame), ``boxes`` K x 4 (XYXY prompt frame) and ``input_size`` (h, w) in the prompt frame.
     """
 
-    def __init__(self, sam: EfficientViTSam, prompts: PromptConfig, *, mask_loss: str) -> None:
+    def __init__(self, sam: EfficientViTSam, prompts: PromptConfig, *, mask_loss: str,
+                 focal_weight: float = FOCAL_WEIGHT, dice_weight: float = DICE_WEIGHT) -> None:
         super().__init__()
         self.sam = sam
         self.prompts = prompts
         self.mask_loss = mask_loss
+        self.weights = {"kind": mask_loss, "focal_weight": focal_weight,
+                        "dice_weight": dice_weight}
 
     def _first_prompt(self, masks: torch.Tensor, boxes: torch.Tensor, input_size, generator):
         cfg = self.prompts
         if float(torch.rand((), generator=generator)) < cfg.box_prob:
             box = jitter_boxes(boxes, scale=cfg.box_jitter, max_px=cfg.max_box_jitter_px,
                                generator=generator, input_size=tuple(input_size))
-            return None, box, False
+            return None, box, cfg.multimask_all
         num = int(torch.randint(1, cfg.max_points + 1, (), generator=generator))
-        return sample_points(masks, num, generator), None, num == 1
+        return sample_points(masks, num, generator), None, num == 1 or cfg.multimask_all
 
     def _image_loss(self, embedding: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                     input_size, generator: torch.Generator):
         points, box, multimask = self._first_prompt(masks, boxes, input_size, generator)
         logits, iou = self.sam.decode(embedding, points=points, boxes=box, mask_input=None,
                                       multimask_output=multimask)
-        loss, parts, best = sam_mask_loss(logits, iou, masks, kind=self.mask_loss)
+        loss, parts, best = sam_mask_loss(logits, iou, masks, **self.weights)
         rounds = [loss]
         previous = logits[torch.arange(len(best)), best].detach()
         for _ in range(self.prompts.iterative_rounds):
@@ -90,11 +94,12 @@ class FinetuneStep(nn.Module):
             points = (click, label) if points is None else (
                 torch.cat([points[0], click], 1), torch.cat([points[1], label], 1))
             logits, iou = self.sam.decode(embedding, points=points, boxes=box,
-                                          mask_input=previous[:, None], multimask_output=False)
-            round_loss, round_parts, _ = sam_mask_loss(logits, iou, masks, kind=self.mask_loss)
+                                          mask_input=previous[:, None],
+                                          multimask_output=self.prompts.multimask_all)
+            round_loss, round_parts, best = sam_mask_loss(logits, iou, masks, **self.weights)
             rounds.append(round_loss)
             parts["mask_last_round"] = round_parts["mask"]
-            previous = logits[:, 0].detach()
+            previous = logits[torch.arange(len(best)), best].detach()
         return torch.stack(rounds).mean(), parts
 
     def forward(self, batch: dict, generator: torch.Generator
@@ -140,7 +145,8 @@ def phase2_task(cfg: Config, accelerator) -> Task:
         load_init(model, cfg.model.init)
     if cfg.model.decoder_from:
         load_decoder_from(model, cfg.model.decoder_from)
-    step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss)
+    step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss,
+                        focal_weight=cfg.train.focal_weight, dice_weight=cfg.train.dice_weight)
     return Task(model=model, step_module=step,
                 make_loader=lambda epoch: make_phase2_loader(cfg, encoder_size=model.encoder_size,
                                                              epoch=epoch))

@@ -139,6 +139,106 @@ def test_sam_mask_loss_trains_only_the_best_output_and_every_iou() -> None:
     assert iou_pred.grad.abs().sum() > 0
 
 
+def test_mask_loss_weights_scale_focal_and_dice() -> None:
+    logits = torch.tensor([[[[0.0, 0.0]]]])  # K=1, M=1, p = 0.5 everywhere
+    target = torch.tensor([[[True, False]]])
+    iou_pred = torch.tensor([[0.0]])  # actual IoU: empty prediction (p = 0.5 is not > 0) -> 0
+    focal = (0.25 * math.log(2) * 0.25 + 0.75 * math.log(2) * 0.25) / 2
+    dice = 1 - 2 / 3
+    total, parts, _ = losses.sam_mask_loss(logits, iou_pred, target)
+    assert total.item() == pytest.approx(20 * focal + dice)  # SAM's 20:1 by default
+    total, parts, _ = losses.sam_mask_loss(logits, iou_pred, target, focal_weight=2.0,
+                                           dice_weight=3.0)
+    assert total.item() == pytest.approx(2 * focal + 3 * dice)
+    assert parts["focal"].item() == pytest.approx(focal)
+    assert parts["dice"].item() == pytest.approx(dice)
+    total, _, _ = losses.sam_mask_loss(logits, iou_pred, target, kind="bce", focal_weight=0.5,
+                                       dice_weight=0.0)
+    assert total.item() == pytest.approx(0.5 * math.log(2))
+
+
+def test_mask_loss_weights_come_from_the_config() -> None:
+    cfg = load_config("smoke_phase2")
+    assert (cfg.train.focal_weight, cfg.train.dice_weight) == (20.0, 1.0)
+    cfg = load_config("smoke_phase2", ["train.focal_weight=1", "train.dice_weight=4"])
+    assert (cfg.train.focal_weight, cfg.train.dice_weight) == (1.0, 4.0)
+    for bad in (["train.focal_weight=-1"], ["train.focal_weight=0", "train.dice_weight=0"]):
+        with pytest.raises(ValueError, match="focal_weight and train.dice_weight"):
+            load_config("smoke_phase2", bad)
+
+
+def test_finetune_step_uses_the_configured_weights() -> None:
+    from distill.config import PromptConfig
+    from distill.phase2 import FinetuneStep
+    from effvit_sam import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam("tiny").eval()
+    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
+    masks[0, 10:60, 20:90] = True
+    masks[1, 100:140, 100:200] = True
+    batch = {"image": torch.randn(1, 3, 256, 256), "masks": [masks],
+             "boxes": [torch.tensor([[80.0, 40, 360, 240], [400, 400, 800, 560]])],
+             "input_size": [(1024, 1024)]}
+    prompts = PromptConfig(box_prob=1.0, box_jitter=0.0)
+    results = {}
+    for weights in ((20.0, 1.0), (0.0, 1.0), (1.0, 0.0)):
+        step = FinetuneStep(model, prompts, mask_loss="focal", focal_weight=weights[0],
+                            dice_weight=weights[1])
+        with torch.no_grad():
+            results[weights] = step(batch, torch.Generator().manual_seed(0))
+    for (fw, dw), (loss, parts) in results.items():
+        expected = fw * parts["focal"] + dw * parts["dice"] + parts["iou_mse"]
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the same prediction each time: only the weighting differs
+    assert results[(0.0, 1.0)][1]["dice"] == results[(20.0, 1.0)][1]["dice"]
+
+
+@pytest.mark.parametrize("multimask_all, box_prob, expected", [
+    (False, 1.0, [False, False]),  # SAM's rule: a box is not ambiguous
+    (True, 1.0, [True, True]),     # every decode gives the three outputs, as the evaluator's
+    (True, 0.0, [True, True]),
+])
+def test_multimask_all_decodes_every_prompt_with_three_outputs(multimask_all, box_prob,
+                                                               expected) -> None:
+    from distill.config import PromptConfig
+    from distill.phase2 import FinetuneStep
+    from effvit_sam import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam("tiny").eval()
+    calls, outputs, fed = [], [], []
+    decode = model.decode
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["multimask_output"])
+        fed.append(kwargs["mask_input"])
+        result = decode(*args, **kwargs)
+        outputs.append(result)
+        return result
+
+    model.decode = spy
+    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
+    masks[0, 10:60, 20:90] = True
+    masks[1, 100:140, 100:200] = True
+    batch = {"image": torch.randn(1, 3, 256, 256), "masks": [masks],
+             "boxes": [torch.tensor([[80.0, 40, 360, 240], [400, 400, 800, 560]])],
+             "input_size": [(1024, 1024)]}
+    prompts = PromptConfig(box_prob=box_prob, box_jitter=0.0, max_points=1,
+                           iterative_rounds=1, multimask_all=multimask_all)
+    step = FinetuneStep(model, prompts, mask_loss="focal")
+    with torch.no_grad():
+        loss, parts = step(batch, torch.Generator().manual_seed(0))
+    assert calls == expected
+    assert [o[0].shape[1] for o in outputs] == [3 if m else 1 for m in expected]
+    assert torch.isfinite(loss)
+    # the correction round is fed the logits of the best (lowest-loss) first output
+    first_logits, first_iou = outputs[0]
+    _, _, best = losses.sam_mask_loss(first_logits, first_iou, masks)
+    assert fed[0] is None
+    assert torch.equal(fed[1], first_logits[torch.arange(2), best][:, None])
+
+
 # ---------------------------------------------------------------- prompts
 
 
