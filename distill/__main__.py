@@ -1,14 +1,14 @@
-"""``python -m distill distill|finetune|cache-teacher ...`` (also what ``torchrun -m`` runs)."""
+"""``python -m distill distill|finetune|cache-teacher|embed-mse ...`` (also run by torchrun -m)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from .cli import cache_teacher_main, distill_main, finetune_main
+from .cli import cache_teacher_main, distill_main, embed_mse_main, finetune_main
 
 COMMANDS = {"distill": distill_main, "finetune": finetune_main,
-            "cache-teacher": cache_teacher_main}
+            "cache-teacher": cache_teacher_main, "embed-mse": embed_mse_main}
 
 
 def main(argv: list[str] | None = None) -> int:

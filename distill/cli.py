@@ -99,3 +99,78 @@ def cache_teacher_main(argv: list[str]) -> int:
     log.info("rank %d cached %d samples from %d shards (%d bad samples skipped) into %s",
              rank, counts["samples"], counts["shards"], counts["bad"], args.out)
     return 0
+
+
+def embed_mse_main(argv: list[str]) -> int:
+    """``effvit-sam embed-mse --shards held/sa_000000.tar --student runs/p1/pretrained
+    --teacher-kind efficientvit --teacher-name tiny --teacher runs/teacher/pretrained``: the
+    student-teacher embedding MSE on held-out SA-1B shards (phase 1's figure of merit).
+
+    ``--student-random-init --seed S`` measures the student phase 1 starts from (a run with
+    ``train.seed=S`` builds exactly these weights)."""
+    import json
+
+    import torch
+
+    from effvit_sam import build_sam
+    from effvit_sam.checkpoint import atomic_write
+
+    from .cache import expand_urls
+    from .phase1 import embedding_mse
+    from .phase2 import load_init
+    from .sa1b import collate_sa1b, sa1b_dataset
+    from .teacher import build_teacher
+
+    parser = argparse.ArgumentParser(
+        prog="effvit-sam embed-mse",
+        description="student-teacher image-embedding MSE on (held-out) SA-1B shards")
+    parser.add_argument("--shards", required=True, help="SA-1B shards (brace pattern)")
+    parser.add_argument("--student-model", default="efficientvit-sam-tiny",
+                        help="student variant (when --student is a weights file or absent)")
+    student = parser.add_mutually_exclusive_group(required=True)
+    student.add_argument("--student", help="student weights: save_pretrained folder or file")
+    student.add_argument("--student-random-init", action="store_true",
+                         help="the random student that a phase-1 run with train.seed=SEED "
+                         "starts from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher-kind", choices=TEACHER_KINDS, default="sam")
+    parser.add_argument("--teacher-name", default="vit_h")
+    parser.add_argument("--teacher", required=True, help="teacher weights (file or folder)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--output", help="also write the figure to this JSON file")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
+        parser.error("--batch-size and --max-images must be positive")
+
+    torch.manual_seed(args.seed)  # what the training engine does before building the student
+    if args.student_random_init:
+        model = build_sam(args.student_model)
+    elif Path(args.student).is_dir():
+        from effvit_sam.checkpoint import from_pretrained
+
+        model = from_pretrained(args.student)
+    else:
+        model = build_sam(args.student_model)
+        load_init(model, args.student)
+    teacher = build_teacher(TeacherConfig(kind=args.teacher_kind, name=args.teacher_name,
+                                          checkpoint=args.teacher))
+    dataset = sa1b_dataset(expand_urls(args.shards), encoder_size=model.encoder_size,
+                           max_masks=1, keep_raw=True)
+    samples = []
+    for sample in dataset:
+        if args.max_images is not None and len(samples) >= args.max_images:
+            break
+        samples.append(sample)
+    batches = [collate_sa1b(samples[i: i + args.batch_size])
+               for i in range(0, len(samples), args.batch_size)]
+    mse = embedding_mse(model.image_encoder, teacher, batches)
+    result = {"embedding_mse": mse, "num_images": len(samples), "shards": args.shards,
+              "student": "random-init" if args.student_random_init else args.student,
+              "seed": args.seed, "teacher": f"{args.teacher_kind}:{args.teacher_name}",
+              "teacher_checkpoint": args.teacher}
+    print(f"student-teacher embedding MSE over {len(samples)} images: {mse:.6g}")
+    if args.output:
+        text = json.dumps(result, indent=2) + "\n"
+        atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
+    return 0

@@ -60,12 +60,19 @@ class DistillStep(nn.Module):
 
 
 def build_student(cfg: Config) -> EfficientViTSam:
-    """The student model, optionally initialised from ``model.init`` (strictly)."""
-    from .phase2 import load_init
+    """The student model, optionally initialised from ``model.init`` (strictly).
+
+    Phase 1 trains only the image encoder; ``model.decoder_from`` (e.g. the teacher's weights)
+    puts a prompt encoder and mask decoder next to it, so the run's ``pretrained/`` folder is a
+    complete model that can be evaluated before phase 2.
+    """
+    from .phase2 import load_decoder_from, load_init
 
     model = build_sam(cfg.model.name)
     if cfg.model.init:
         load_init(model, cfg.model.init)
+    if cfg.model.decoder_from:
+        load_decoder_from(model, cfg.model.decoder_from)
     return model
 
 

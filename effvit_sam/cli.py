@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cache-teacher": ("distill.cli", "cache_teacher_main", "cache teacher embeddings as shards"),
     "distill": ("distill.cli", "distill_main", "phase 1: distil the encoder from a teacher"),
     "finetune": ("distill.cli", "finetune_main", "phase 2: fine-tune the whole model end to end"),
+    "embed-mse": ("distill.cli", "embed_mse_main",
+                  "student-teacher embedding MSE on held-out shards"),
     "eval": ("eval.cli", "main", "zero-shot COCO/LVIS evaluation (box, detector boxes, clicks)"),
     "demo": ("demo.cli", "main", "interactive Gradio demo"),
     "export-onnx": ("effvit_sam.export_onnx", "main", "export encoder and decoder to ONNX"),

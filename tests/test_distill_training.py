@@ -206,3 +206,56 @@ def test_center_click_and_miou_helper(shards) -> None:
     assert set(scores) == {"box", "1-click", "2-click", "3-click"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert evaluate_miou(model, batches, clicks=3) == scores  # deterministic
+
+
+def test_embed_mse_command_measures_student_against_teacher(shards, tmp_path) -> None:
+    import json
+
+    from distill.cli import embed_mse_main
+    from distill.phase1 import embedding_mse
+    from distill.sa1b import collate_sa1b, sa1b_dataset
+    from effvit_sam.checkpoint import save_pretrained
+
+    torch.manual_seed(5)
+    save_pretrained(build_sam("tiny"), tmp_path / "teacher")
+    common = ["--shards", shards, "--teacher-kind", "efficientvit", "--teacher-name", "tiny",
+              "--teacher", str(tmp_path / "teacher"), "--batch-size", "3"]
+    # the teacher's own weights as the student: exactly zero
+    assert embed_mse_main([*common, "--student", str(tmp_path / "teacher"),
+                           "--output", str(tmp_path / "same.json")]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert same["embedding_mse"] == 0.0 and same["num_images"] == 8
+    # the random student a phase-1 run with train.seed=2 starts from, measured directly
+    assert embed_mse_main([*common, "--student-random-init", "--seed", "2", "--max-images", "5",
+                           "--output", str(tmp_path / "random.json")]) == 0
+    got = json.loads((tmp_path / "random.json").read_text())
+    torch.manual_seed(2)
+    student = build_sam("tiny")
+    teacher = build_teacher(TeacherConfig(kind="efficientvit", name="tiny",
+                                          checkpoint=str(tmp_path / "teacher")))
+    samples = list(sa1b_dataset(expand_urls(shards), encoder_size=256, max_masks=1,
+                                keep_raw=True))[:5]
+    expected = embedding_mse(student.image_encoder, teacher,
+                             [collate_sa1b(samples[:3]), collate_sa1b(samples[3:])])
+    assert got["num_images"] == 5 and got["student"] == "random-init"
+    assert got["embedding_mse"] == pytest.approx(expected, rel=1e-6)
+    assert got["embedding_mse"] > 0.01
+
+
+def test_phase1_student_takes_the_decoder_from_model_decoder_from(cache, tmp_path) -> None:
+    from effvit_sam.checkpoint import save_pretrained
+
+    torch.manual_seed(7)
+    donor = build_sam("tiny")
+    save_pretrained(donor, tmp_path / "donor")
+    out = tmp_path / "p1"
+    run_phase1(load_config("smoke_phase1", [
+        f"data.cache={cache}", "train.steps=2", "data.batch_size=2", f"run.out_dir={out}",
+        f"model.decoder_from={tmp_path / 'donor'}"]))
+    student = from_pretrained(out / "pretrained")
+    for name in ("prompt_encoder", "mask_decoder"):
+        ours, theirs = getattr(student, name).state_dict(), getattr(donor, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # the encoder is the trained student's, not the donor's
+    ours, theirs = student.image_encoder.state_dict(), donor.image_encoder.state_dict()
+    assert not all(torch.equal(ours[k], theirs[k]) for k in ours)
