@@ -128,6 +128,19 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
         # mask_in_chans // 4 must exceed 1: a LayerNorm over one channel outputs a constant.
         iou_head_hidden_dim=32, mask_in_chans=8,
     ),
+    # Not official either: the smallest model whose mask decoder learns to follow prompts when
+    # trained from scratch on a CPU (the tiny decoder, 32 wide and one layer deep, learns only
+    # a prompt-independent "salient objects" mask). Teacher and student of the README's
+    # made-shard distillation run.
+    "efficientvit-sam-mini": SamConfig(
+        "efficientvit-sam-mini",
+        EncoderConfig(widths=(8, 16, 32, 48, 64), depths=(1, 1, 1, 2, 2), blocks=_L_BLOCKS,
+                      expands=(1, 2, 4, 4, 4), fewer_norm=_L_FEWER, attention_scales=(5,),
+                      qkv_dim=16, neck_stages=(4, 3, 2), neck_width=64, neck_depth=1,
+                      out_dim=64, input_size=256, embed_size=64),
+        prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256, decoder_heads=4,
+        iou_head_hidden_dim=64, mask_in_chans=16,
+    ),
 }
 
 OFFICIAL_VARIANTS = tuple(name for name, cfg in MODEL_CONFIGS.items() if cfg.hub_file)

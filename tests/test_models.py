@@ -22,6 +22,20 @@ OFFICIAL_PARAMS = {
 def test_registry_names() -> None:
     assert set(OFFICIAL) == set(OFFICIAL_PARAMS)
     assert "efficientvit-sam-tiny" in list_models()
+    assert "efficientvit-sam-mini" in list_models()
+    assert not ({"efficientvit-sam-tiny", "efficientvit-sam-mini"} & set(OFFICIAL))
+
+
+def test_mini_variant_shape() -> None:
+    """The made-shard distillation run's model: 64-wide embedding and decoder, two decoder
+    layers, 256 input."""
+    cfg = get_config("mini")
+    assert (cfg.encoder.input_size, cfg.encoder.out_dim, cfg.prompt_embed_dim) == (256, 64, 64)
+    assert (cfg.decoder_depth, cfg.decoder_heads, cfg.hub_file) == (2, 4, None)
+    with torch.device("meta"):
+        model = build_sam("mini")
+    assert sum(p.numel() for p in model.parameters()) == 658_480
+    assert sum(p.numel() for p in model.image_encoder.parameters()) == 465_384
     assert resolve_name("l0") == resolve_name("EfficientViT_SAM_L0") == "efficientvit-sam-l0"
     with pytest.raises(KeyError, match="valid names: efficientvit-sam-l0"):
         build_sam("efficientvit-sam-l9")
@@ -80,7 +94,7 @@ def _train_step_loss(model, batch: int = 1) -> torch.Tensor:
     return low1.mean() + low2.mean() + iou1.mean() + iou2.mean() + emb.mean()
 
 
-@pytest.mark.parametrize("variant", [*OFFICIAL, "efficientvit-sam-tiny"])
+@pytest.mark.parametrize("variant", [*OFFICIAL, "efficientvit-sam-tiny", "efficientvit-sam-mini"])
 def test_forward_backward_every_parameter_gets_gradient(variant: str) -> None:
     torch.manual_seed(0)
     model = build_sam(variant).train()
