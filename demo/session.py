@@ -179,13 +179,12 @@ class DemoBackend:
         """Automatic masks for the whole image (prompts are cleared: they do not apply)."""
         session.history.clear()
         session.reset_results()
-        # The generator encodes the image again (its own predictor): "everything" time below
-        # therefore includes one encode, unlike a click.
+        # The session's embedding serves the generator too: "everything" decodes, never encodes.
         generator = EfficientViTSamAutomaticMaskGenerator(
             self.inference_model, points_per_side=self.points_per_side, device=self.device,
             fast=False)
         start = time.perf_counter()
-        records = generator.generate(session.image)
+        records = generator.generate(session.image, encoded=session.predictor.images[0])
         session.decode_ms = (time.perf_counter() - start) * 1000
         # Largest first, so smaller parts are drawn (and labelled) on top of what contains them.
         records = sorted(records, key=lambda r: int(r["area"]), reverse=True)

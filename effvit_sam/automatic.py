@@ -147,10 +147,19 @@ class EfficientViTSamAutomaticMaskGenerator:
         self.progress = progress
 
     @torch.inference_mode()
-    def generate(self, image, image_format: str = "RGB") -> list[dict[str, Any]]:
-        """Records for every mask found in ``image`` (``H x W x 3`` uint8 or PIL, see class)."""
+    def generate(self, image, image_format: str = "RGB", *,
+                 encoded: EncodedImage | None = None) -> list[dict[str, Any]]:
+        """Records for every mask found in ``image`` (``H x W x 3`` uint8 or PIL, see class).
+
+        ``encoded``: the whole image's embedding when the caller already has it (a predictor's
+        ``images[0]`` after ``set_image(image)`` with the same model), so the whole-image crop is
+        not encoded again; crops of later layers are still encoded.
+        """
         rgb = as_rgb_image(image, image_format)
-        data = self._generate_masks(rgb)
+        if encoded is not None and tuple(encoded.original_size) != rgb.shape[:2]:
+            raise ValueError(f"encoded is for a {encoded.original_size} image, the image is "
+                             f"{rgb.shape[:2]}")
+        data = self._generate_masks(rgb, encoded)
         if self.min_mask_region_area > 0:
             data = self._remove_small_regions(data)
         records = []
@@ -172,7 +181,7 @@ class EfficientViTSamAutomaticMaskGenerator:
             })
         return records
 
-    def _generate_masks(self, image: np.ndarray) -> MaskData:
+    def _generate_masks(self, image: np.ndarray, encoded: EncodedImage | None) -> MaskData:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers,
                                                      self.crop_overlap_ratio)
@@ -181,7 +190,9 @@ class EfficientViTSamAutomaticMaskGenerator:
         with tqdm(total=batches, desc="everything", unit="batch", disable=not self.progress,
                   leave=False) as bar:
             for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
-                _extend(data, self._process_crop(image, crop_box, layer_idx, bar))
+                whole = list(crop_box) == [0, 0, image.shape[1], image.shape[0]]
+                _extend(data, self._process_crop(image, crop_box, layer_idx, bar,
+                                                 encoded if whole else None))
         if len(crop_boxes) > 1 and len(data["rles"]):
             # Prefer masks from smaller crops (more detail) among duplicates across crops.
             scores = 1 / box_area(data["crop_boxes"])
@@ -194,10 +205,11 @@ class EfficientViTSamAutomaticMaskGenerator:
         return data
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer_idx: int,
-                      bar: tqdm) -> MaskData:
+                      bar: tqdm, encoded: EncodedImage | None = None) -> MaskData:
         x0, y0, x1, y1 = crop_box
-        self.predictor.set_image(image[y0:y1, x0:x1])
-        encoded = self.predictor.images[0]
+        if encoded is None:
+            self.predictor.set_image(image[y0:y1, x0:x1])
+            encoded = self.predictor.images[0]
         crop_h, crop_w = encoded.original_size
         points = self.point_grids[layer_idx] * np.array([[crop_w, crop_h]])
         data = MaskData(rles=[], boxes=torch.zeros(0, 4, dtype=torch.int64),

@@ -131,3 +131,29 @@ def test_coco_rle_output_and_progress(tiny_records, capsys):
 def test_bad_options_raise(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         EfficientViTSamAutomaticMaskGenerator(tiny_model, **kwargs)
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_given_embedding_replaces_the_whole_image_encode(crop_n_layers):
+    model = smooth_upscaling_(tiny_sam())
+    image = _scene()
+    kw = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+              crop_n_layers=crop_n_layers, output_mode="uncompressed_rle")
+    want = EfficientViTSamAutomaticMaskGenerator(model, **kw).generate(image)
+    from effvit_sam import EfficientViTSamPredictor
+
+    predictor = EfficientViTSamPredictor(model)
+    predictor.set_image(image)
+    calls = []
+    hook = model.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    got = EfficientViTSamAutomaticMaskGenerator(model, **kw).generate(
+        image, encoded=predictor.images[0])
+    hook.remove()
+    assert len(calls) == (0 if crop_n_layers == 0 else 4)  # only the four layer-1 crops
+    assert len(got) == len(want) >= 3
+    for g, w in zip(got, want, strict=True):
+        for key in w:
+            assert _same(g[key], w[key]), key
+    with pytest.raises(ValueError, match="encoded is for"):
+        EfficientViTSamAutomaticMaskGenerator(model, **kw).generate(
+            image[:100], encoded=predictor.images[0])

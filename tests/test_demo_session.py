@@ -189,7 +189,9 @@ def test_everything_orders_largest_first_and_exports_a_label_image(backend, imag
             # the backend's shared fast-path model, not optimised (copied) a second time
             assert model is backend.inference_model and fast is False
 
-        def generate(self, img):
+        def generate(self, img, *, encoded):
+            # the session's embedding is reused: "everything" never encodes the image again
+            assert encoded is session.predictor.images[0]
             return [{"segmentation": small, "area": 200, "predicted_iou": 0.9},
                     {"segmentation": big, "area": 4500, "predicted_iou": 0.8}]
 
@@ -211,7 +213,13 @@ def test_everything_orders_largest_first_and_exports_a_label_image(backend, imag
 
 
 def test_everything_with_the_real_generator(backend, image):
-    session = backend.everything(backend.new_session(image))
+    session = backend.new_session(image)
+    calls = []
+    encoder = backend.inference_model.image_encoder
+    hook = encoder.register_forward_hook(lambda *a: calls.append(1))
+    session = backend.everything(session)
+    hook.remove()
+    assert calls == []  # decoded from the session's embedding
     assert session.masks.shape[1:] == (90, 120) and len(session.masks) == len(session.scores)
     areas = session.masks.sum((1, 2))
     assert (np.diff(areas) <= 0).all()
