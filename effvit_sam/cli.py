@@ -26,12 +26,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo.cli", "main", "interactive Gradio demo"),
     "export-onnx": ("effvit_sam.export_onnx", "main", "export encoder and decoder to ONNX"),
     "bench": ("effvit_sam.bench", "main", "speed and memory benchmark, reported as ratios"),
+    "fastpath-accuracy": ("effvit_sam.fastpath_accuracy", "main",
+                          "what each fast-path option changes vs eager float32"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: effvit-sam COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<18} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "Run 'effvit-sam COMMAND --help' for a command's options."]
     return "\n".join(lines)
 

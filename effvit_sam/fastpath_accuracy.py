@@ -1,0 +1,141 @@
+"""``effvit-sam fastpath-accuracy``: what each fast-path option changes, against eager float32.
+
+For one image and a box and a point prompt, every option set is applied to the same model and
+compared with the eager float32 model (the official computation): the embeddings' max absolute
+difference and relative L2 error, the share of mask pixels that agree (logits > 0, all multimask
+outputs at the low-res 256 x 256 scale), and the largest logit and IoU-prediction differences.
+Run it on your checkpoint and an image of your own before relying on a non-exact option.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fastpath import FastPathOptions, optimize_for_inference
+from .modeling import EfficientViTSam
+
+_E = FastPathOptions.eager()
+OPTION_SETS: dict[str, FastPathOptions] = {
+    "fold_bn": _E.with_(fold_bn=True),
+    "fuse_epilogues": _E.with_(fuse_epilogues=True),
+    "fuse_model": _E.with_(fold_bn=True, fuse_epilogues=True),
+    "channels_last": _E.with_(channels_last=True),
+    "auto": FastPathOptions.auto("cpu"),
+    "compile": FastPathOptions.auto("cpu").with_(compile=True),
+    "quantize_decoder": FastPathOptions.auto("cpu").with_(quantize_decoder=True),
+    "int8": FastPathOptions.int8(),
+}
+
+
+@dataclass
+class OptionAccuracy:
+    name: str
+    embed_max_abs: float
+    embed_rel_l2: float
+    masks_equal: dict[str, float]  # prompt -> share of equal low-res mask pixels
+    logit_max_abs: float
+    iou_max_abs: float
+
+    def row(self) -> str:
+        masks = " | ".join(f"{100 * v:.3f}%" for v in self.masks_equal.values())
+        return (f"| {self.name} | {self.embed_max_abs:.1e} | {100 * self.embed_rel_l2:.4f}% | "
+                f"{masks} | {self.logit_max_abs:.1e} | {self.iou_max_abs:.1e} |")
+
+
+def _prompts(encoder_input_size: tuple[int, int]) -> dict[str, dict]:
+    """A centred box and a point, in the 1024 prompt frame of an image of that size."""
+    h, w = encoder_input_size
+    box = torch.tensor([[w * 0.25, h * 0.25, w * 0.7, h * 0.65]])
+    point = (torch.tensor([[[w * 0.5, h * 0.45]]]), torch.tensor([[1]]))
+    return {"box": {"points": None, "boxes": box}, "point": {"points": point, "boxes": None}}
+
+
+@torch.no_grad()
+def measure(model: EfficientViTSam, x: torch.Tensor, names: list[str], *,
+            calibration: torch.Tensor | None = None) -> list[OptionAccuracy]:
+    """Each option set in ``names`` against ``model`` (eager float32) on encoder input ``x``."""
+    unknown = [n for n in names if n not in OPTION_SETS]
+    if unknown:
+        raise ValueError(f"unknown option sets {unknown}; choose from {list(OPTION_SETS)}")
+    model = model.eval()
+    prompts = _prompts((1024, 1024))
+    ref = model.image_encoder(x)
+    ref_out = {k: model.decode(ref, mask_input=None, multimask_output=True, **kw)
+               for k, kw in prompts.items()}
+    results = []
+    for name in names:
+        opts = OPTION_SETS[name]
+        fast = optimize_for_inference(model, options=opts,
+                                      calibration=(calibration if calibration is not None
+                                                   else x) if opts.int8_encoder else None)
+        emb = fast.image_encoder(x)
+        equal, logit, iou = {}, 0.0, 0.0
+        for k, kw in prompts.items():
+            lo, io = fast.decode(emb, mask_input=None, multimask_output=True, **kw)
+            lr, ir = ref_out[k]
+            equal[k] = ((lo > 0) == (lr > 0)).float().mean().item()
+            logit = max(logit, (lo - lr).abs().max().item())
+            iou = max(iou, (io - ir).abs().max().item())
+        results.append(OptionAccuracy(name, (emb - ref).abs().max().item(),
+                                      ((emb - ref).norm() / ref.norm()).item(), equal, logit, iou))
+    return results
+
+
+def markdown(results: list[OptionAccuracy]) -> str:
+    lines = ["| options | embeddings max abs diff | relative L2 | box masks equal | "
+             "point masks equal | max logit diff | max IoU diff |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    return "\n".join(lines + [r.row() for r in results]) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="effvit-sam fastpath-accuracy",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="l0")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="weights to check (default: random weights, say so in any report)")
+    parser.add_argument("--image", type=Path, default=None,
+                        help="an image to encode (default: a made scene)")
+    parser.add_argument("--options", nargs="+", choices=list(OPTION_SETS),
+                        default=[n for n in OPTION_SETS if n not in ("compile", "int8")])
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def _image(path: Path | None) -> np.ndarray:
+    if path is not None:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    rng = np.random.default_rng(0)  # smooth colour blobs: structure, unlike white noise
+    yy, xx = np.mgrid[0:480, 0:640]
+    image = np.zeros((480, 640, 3), np.float64)
+    for _ in range(12):
+        cy, cx, r = rng.uniform(0, 480), rng.uniform(0, 640), rng.uniform(30, 150)
+        image += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] \
+            * rng.uniform(0, 255, 3)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def main(argv: list[str]) -> int:
+    from .build import build_sam
+    from .geometry import preprocess_image
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = build_sam(args.model, checkpoint=args.checkpoint).eval()
+    image = _image(args.image)
+    x = preprocess_image(image, model.encoder_size)
+    calibration = torch.cat([x, x.flip(-1), x.flip(-2), x.roll(x.shape[-1] // 5, -1)])
+    results = measure(model, x, args.options, calibration=calibration)
+    weights = args.checkpoint or "random weights"
+    print(f"{args.model} ({weights}), image {args.image or 'made scene'}:\n")
+    print(markdown(results))
+    return 0
