@@ -23,6 +23,10 @@ score() {  # box and 1/3-click mIoU of $R/$1/pretrained on the held-out set
     timed "eval_point_$1" $CLI eval point "${EVAL[@]}" --checkpoint $R/$1/pretrained/model.safetensors \
         --num-clicks 3 --output $R/eval/$1_point.json
 }
+score_fed() {  # clicks with the previous round's logits fed back, as iterative training does
+    timed "eval_point_feed_$1" $CLI eval point "${EVAL[@]}" --num-clicks 3 --feed-logits \
+        --checkpoint $R/$1/pretrained/model.safetensors --output $R/eval/$1_point_feed.json
+}
 stages=(data teacher teacher_eval cache student noclicks clicks)
 run=0
 for stage in "${stages[@]}"; do
@@ -47,9 +51,9 @@ for stage in "${stages[@]}"; do
         score student_p1 ;;
     noclicks)
         timed student_phase2_noclicks $CLI finetune --config mini_student_phase2_noclicks
-        score student_p2_noclicks ;;
+        score student_p2_noclicks; score_fed student_p2_noclicks ;;
     clicks)
         timed student_phase2_clicks $CLI finetune --config mini_student_phase2
-        score student_p2_clicks ;;
+        score student_p2_clicks; score_fed student_p2_clicks ;;
     esac
 done
