@@ -22,8 +22,9 @@ tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py
   applied on the first CPU encoder call; it changes no value, only where memory comes from.
 * ``int8_encoder`` - static int8 quantisation of the image encoder, calibrated on images the
   caller passes, compiled by inductor into oneDNN int8 convolutions (:mod:`effvit_sam.quantize`;
-  CPU, needs ``torchao``, opt-in: ``FastPathOptions.int8()``). Not exact: 6.4% relative
-  embedding error and 98.7-99.1% mask agreement on the reference L0 weights (README).
+  CPU, needs ``torchao``, opt-in: ``FastPathOptions.int8()``). Not exact: about 6% relative
+  embedding error and 98-99% mask agreement on the reference L0 weights (README;
+  ``effvit-sam fastpath-accuracy`` measures it on yours).
 * ``quantize_decoder`` - dynamic int8 quantisation of the mask decoder's ``nn.Linear`` layers
   (CPU only; the encoder has no Linear layers). Changes masks slightly; off by default.
 """
