@@ -211,10 +211,11 @@ def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path
         elif name == "int8":
             size = model.encoder_size
             calibration = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
-            fast = optimize_for_inference(model, device=device, options=FastPathOptions.int8(),
+            opts = FastPathOptions.int8()
+            fast = optimize_for_inference(model, device=device, options=opts,
                                           calibration=calibration)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
-            engine.keeps_memory = True
+            engine.keeps_memory = opts.keep_freed_memory
         else:
             engine = _onnx_engine(model, device, threads=args.threads, prompts=args.prompts,
                                   workdir=workdir)

@@ -30,7 +30,7 @@ _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 2**31 - 1
 
-_state = {"kept": False}
+_state = {"kept": False, "tried": False}
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -49,10 +49,12 @@ def keep_freed_memory() -> bool:
     """Make this process reuse freed CPU memory (see the module docstring). Idempotent.
 
     Returns True when the setting is in force (now or from an earlier call), False where it
-    cannot be made (not glibc); it never raises.
+    cannot be made (not glibc); it never raises. Only the first call tries (and logs), so the
+    fast path can call it on every encoder call.
     """
-    if _state["kept"]:
-        return True
+    if _state["tried"]:
+        return _state["kept"]
+    _state["tried"] = True
     libc = _glibc()
     if libc is None:
         log.info("keep_freed_memory: not glibc Linux, malloc left as it is")

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .cpu_memory import freed_memory_kept, keep_freed_memory
+from .cpu_memory import keep_freed_memory
 from .epilogue import fuse_epilogues
 from .fuse import fuse
 from .modeling import EfficientViTSam
@@ -128,8 +128,8 @@ class FastImageEncoder(nn.Module):
             raise ValueError(f"encoder input must be Bx3x{self.img_size}x{self.img_size}, "
                              f"got {tuple(x.shape)}")
         opts = self.options
-        if opts.keep_freed_memory and x.device.type == "cpu" and not freed_memory_kept():
-            keep_freed_memory()
+        if opts.keep_freed_memory and x.device.type == "cpu":
+            keep_freed_memory()  # tries once per process, then returns at once
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(x.device.type, dtype=opts.autocast_dtype) \

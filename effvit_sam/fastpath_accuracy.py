@@ -70,9 +70,10 @@ def measure(model: EfficientViTSam, x: torch.Tensor, names: list[str], *,
     results = []
     for name in names:
         opts = OPTION_SETS[name]
-        fast = optimize_for_inference(model, options=opts,
-                                      calibration=(calibration if calibration is not None
-                                                   else x) if opts.int8_encoder else None)
+        calib = None
+        if opts.int8_encoder:
+            calib = calibration if calibration is not None else x
+        fast = optimize_for_inference(model, options=opts, calibration=calib)
         emb = fast.image_encoder(x)
         equal, logit, iou = {}, 0.0, 0.0
         for k, kw in prompts.items():

@@ -167,6 +167,16 @@ def test_mask_loss_weights_come_from_the_config() -> None:
             load_config("smoke_phase2", bad)
 
 
+def _two_mask_batch() -> dict:
+    """One 256 x 256 image with two rectangular masks and their boxes (1024 prompt frame)."""
+    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
+    masks[0, 10:60, 20:90] = True
+    masks[1, 100:140, 100:200] = True
+    return {"image": torch.randn(1, 3, 256, 256), "masks": [masks],
+            "boxes": [torch.tensor([[80.0, 40, 360, 240], [400, 400, 800, 560]])],
+            "input_size": [(1024, 1024)]}
+
+
 def test_finetune_step_uses_the_configured_weights() -> None:
     from distill.config import PromptConfig
     from distill.phase2 import FinetuneStep
@@ -174,12 +184,7 @@ def test_finetune_step_uses_the_configured_weights() -> None:
 
     torch.manual_seed(0)
     model = build_sam("tiny").eval()
-    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
-    masks[0, 10:60, 20:90] = True
-    masks[1, 100:140, 100:200] = True
-    batch = {"image": torch.randn(1, 3, 256, 256), "masks": [masks],
-             "boxes": [torch.tensor([[80.0, 40, 360, 240], [400, 400, 800, 560]])],
-             "input_size": [(1024, 1024)]}
+    batch = _two_mask_batch()
     prompts = PromptConfig(box_prob=1.0, box_jitter=0.0)
     results = {}
     for weights in ((20.0, 1.0), (0.0, 1.0), (1.0, 0.0)):
@@ -218,12 +223,7 @@ def test_multimask_all_decodes_every_prompt_with_three_outputs(multimask_all, bo
         return result
 
     model.decode = spy
-    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
-    masks[0, 10:60, 20:90] = True
-    masks[1, 100:140, 100:200] = True
-    batch = {"image": torch.randn(1, 3, 256, 256), "masks": [masks],
-             "boxes": [torch.tensor([[80.0, 40, 360, 240], [400, 400, 800, 560]])],
-             "input_size": [(1024, 1024)]}
+    batch = _two_mask_batch()
     prompts = PromptConfig(box_prob=box_prob, box_jitter=0.0, max_points=1,
                            iterative_rounds=1, multimask_all=multimask_all)
     step = FinetuneStep(model, prompts, mask_loss="focal")
@@ -234,7 +234,7 @@ def test_multimask_all_decodes_every_prompt_with_three_outputs(multimask_all, bo
     assert torch.isfinite(loss)
     # the correction round is fed the logits of the best (lowest-loss) first output
     first_logits, first_iou = outputs[0]
-    _, _, best = losses.sam_mask_loss(first_logits, first_iou, masks)
+    _, _, best = losses.sam_mask_loss(first_logits, first_iou, batch["masks"][0])
     assert fed[0] is None
     assert torch.equal(fed[1], first_logits[torch.arange(2), best][:, None])
 
