@@ -11,6 +11,15 @@ tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py
   kernels, bit-identical results.
 * ``channels_last`` - NHWC activations, which oneDNN's depthwise and 1x1 kernels prefer; exact up
   to rounding.
+* ``winograd`` - stride-1 3x3 convolutions with at least 64 channels computed as Winograd
+  F(4x4, 3x3) (:mod:`effvit_sam.fast_convs`): 4x fewer multiplications, about 1e-5 relative
+  rounding per convolution instead of 2e-6. Needs ``channels_last``.
+* ``gemm_pointwise`` - 1x1 convolutions with at least 1024 input channels as one GEMM on the
+  NHWC view (:mod:`effvit_sam.fast_convs`), where oneDNN's 1x1 kernel is 2-3x slower. Needs
+  ``channels_last``; exact up to rounding.
+* ``fuse_neck`` - the neck's bicubic upsample-and-sum as two small GEMMs accumulating into one
+  buffer, the final LayerNorm2d as one ``F.layer_norm`` (:mod:`effvit_sam.fast_neck`); exact up
+  to rounding.
 * ``compile`` - ``torch.compile`` (inductor) of the image encoder. On CPU it runs with inductor's
   weight freezing (constant-folded, prepacked oneDNN weights and conv+GELU epilogue fusion),
   enabled only around the compiled call, never globally. Embeddings within 1e-3.
@@ -41,6 +50,8 @@ from torch import nn
 
 from .cpu_memory import keep_freed_memory
 from .epilogue import fuse_epilogues
+from .fast_convs import convert_convs
+from .fast_neck import fuse_neck
 from .fuse import fuse
 from .modeling import EfficientViTSam
 
@@ -56,6 +67,9 @@ class FastPathOptions:
     fold_bn: bool = True
     fuse_epilogues: bool = True
     channels_last: bool = True
+    winograd: bool = True
+    gemm_pointwise: bool = True
+    fuse_neck: bool = True
     compile: bool = False
     freeze_weights: bool = True
     keep_freed_memory: bool = False
@@ -71,6 +85,14 @@ class FastPathOptions:
             raise ValueError("int8_encoder needs compile=True and freeze_weights=True (inductor "
                              "turns the quantised graph into int8 kernels); use "
                              "FastPathOptions.int8()")
+        for name in ("winograd", "gemm_pointwise"):
+            if getattr(self, name) and not self.channels_last:
+                raise ValueError(f"{name} works on channels-last activations: set "
+                                 f"channels_last=True or {name}=False")
+        if self.int8_encoder and (self.winograd or self.gemm_pointwise or self.fuse_neck):
+            raise ValueError("int8_encoder quantises the plain convolutions: winograd, "
+                             "gemm_pointwise and fuse_neck must be False; use "
+                             "FastPathOptions.int8()")
         if self.int8_encoder and self.autocast_dtype is not None:
             raise ValueError("int8_encoder and autocast_dtype exclude each other")
 
@@ -78,28 +100,32 @@ class FastPathOptions:
     def auto(cls, device: str | torch.device | None = None) -> FastPathOptions:
         """The default for a device type: what measurably helps there.
 
-        CPU: BN folding, epilogue fusion, channels-last and kept freed memory
-        (``compile=True`` is opt-in, see the README's figures).
-        CUDA: the same plus a compiled encoder and bf16 autocast (fp16 where the GPU has no bf16).
+        CPU: BN folding, epilogue fusion, channels-last, Winograd 3x3 and GEMM 1x1 convolutions,
+        the fused neck and kept freed memory (``compile=True`` is opt-in, see the README).
+        CUDA: BN folding, epilogues, channels-last, a compiled encoder and bf16 autocast (fp16
+        where the GPU has no bf16); cuDNN picks its own convolution algorithms.
         """
         dev = torch.device(device if device is not None else "cpu")
-        if dev.type == "cuda":
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            return cls(compile=True, autocast_dtype=torch.bfloat16 if bf16 else torch.float16)
         if dev.type == "cpu":
             return cls(keep_freed_memory=True)
+        gpu = cls(winograd=False, gemm_pointwise=False, fuse_neck=False)
+        if dev.type == "cuda":
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            return gpu.with_(compile=True, autocast_dtype=torch.bfloat16 if bf16 else torch.float16)
         # mps and others: only the transformations that cannot hit unsupported kernels.
-        return cls()
+        return gpu
 
     @classmethod
     def int8(cls) -> FastPathOptions:
         """The CPU fast path with an int8 encoder (pass ``calibration`` images)."""
-        return cls(compile=True, keep_freed_memory=True, int8_encoder=True)
+        return cls(compile=True, keep_freed_memory=True, int8_encoder=True, winograd=False,
+                   gemm_pointwise=False, fuse_neck=False)
 
     @classmethod
     def eager(cls) -> FastPathOptions:
         """Nothing applied: the official float32 computation (for comparisons)."""
-        return cls(fold_bn=False, fuse_epilogues=False, channels_last=False)
+        return cls(fold_bn=False, fuse_epilogues=False, channels_last=False, winograd=False,
+                   gemm_pointwise=False, fuse_neck=False)
 
     def with_(self, **changes: object) -> FastPathOptions:
         """A copy with some fields changed; an unknown field raises ``TypeError``."""
@@ -197,8 +223,14 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
         from .quantize import quantize_encoder_int8
 
         encoder = quantize_encoder_int8(encoder, calibration)
-    elif opts.channels_last:
-        encoder = encoder.to(memory_format=torch.channels_last)
+    else:
+        # The int8 graph is built from the plain modules; these are float32 rewrites.
+        if opts.fuse_neck:
+            fuse_neck(encoder)
+        if opts.winograd or opts.gemm_pointwise:
+            convert_convs(encoder, winograd=opts.winograd, gemm_pointwise=opts.gemm_pointwise)
+        if opts.channels_last:
+            encoder = encoder.to(memory_format=torch.channels_last)
     for p in base.parameters():
         p.requires_grad_(False)
     decoder = _quantize_linear_int8(base.mask_decoder) if opts.quantize_decoder \

@@ -54,20 +54,53 @@ def _check_against_eager(tiny: EfficientViTSam, options: FastPathOptions, atol: 
     assert ((logits > 0) == (logits_ref > 0)).float().mean().item() >= 0.9999
 
 
+_EAGER = FastPathOptions.eager()
+
+
 @pytest.mark.parametrize("options", [
-    FastPathOptions.eager(),
-    FastPathOptions(fold_bn=True, fuse_epilogues=False, channels_last=False),
-    FastPathOptions(fold_bn=False, fuse_epilogues=True, channels_last=False),
-    FastPathOptions(fold_bn=False, fuse_epilogues=False, channels_last=True),
+    _EAGER,
+    _EAGER.with_(fold_bn=True),
+    _EAGER.with_(fuse_epilogues=True),
+    _EAGER.with_(channels_last=True),
+    _EAGER.with_(fuse_neck=True),
+    _EAGER.with_(channels_last=True, fuse_neck=True),
     FastPathOptions(),
-], ids=["eager", "fold_bn", "fuse_epilogues", "channels_last", "default"])
+], ids=["eager", "fold_bn", "fuse_epilogues", "channels_last", "fuse_neck", "fuse_neck_cl",
+        "default"])
 def test_exact_options_match_eager(tiny: EfficientViTSam, options: FastPathOptions) -> None:
     _check_against_eager(tiny, options, EMBED_ATOL["exact"])
 
 
+@pytest.mark.parametrize("options", [
+    _EAGER.with_(channels_last=True, winograd=True),
+    _EAGER.with_(channels_last=True, gemm_pointwise=True),
+    FastPathOptions(),
+], ids=["winograd", "gemm_pointwise", "default"])
+def test_conv_rewrites_match_eager(tiny: EfficientViTSam, options: FastPathOptions,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tiny model is narrower than the default thresholds; lower them so every eligible conv
+    # of it is rewritten, and check the rewrite really happened.
+    from effvit_sam import fast_convs
+
+    monkeypatch.setattr(fast_convs, "WINOGRAD_MIN_CHANNELS", 8)
+    monkeypatch.setattr(fast_convs, "GEMM_MIN_IN_CHANNELS", 16)
+    fast = optimize_for_inference(tiny, device="cpu", options=options)
+    kinds = {type(m) for m in fast.modules()}
+    assert (fast_convs.WinogradConv3x3 in kinds) == options.winograd
+    assert (fast_convs.GemmConv1x1 in kinds) == options.gemm_pointwise
+    # Winograd's rounding is ~5x a direct conv's; still far inside the exact tolerance.
+    _check_against_eager(tiny, options, EMBED_ATOL["exact"])
+
+
 @pytest.mark.slow
-def test_compiled_encoder_matches_eager(tiny: EfficientViTSam) -> None:
-    # Inductor with weight freezing (CPU): the first call compiles (slow on 2 cores).
+def test_compiled_encoder_matches_eager(tiny: EfficientViTSam,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Inductor with weight freezing (CPU): the first call compiles (slow on 2 cores). The
+    # Winograd and GEMM rewrites are forced onto the tiny model so they are compiled too.
+    from effvit_sam import fast_convs
+
+    monkeypatch.setattr(fast_convs, "WINOGRAD_MIN_CHANNELS", 8)
+    monkeypatch.setattr(fast_convs, "GEMM_MIN_IN_CHANNELS", 16)
     _check_against_eager(tiny, FastPathOptions(compile=True), EMBED_ATOL["compile"])
 
 
@@ -124,14 +157,22 @@ def test_bad_options_raise(tiny: EfficientViTSam) -> None:
         optimize_for_inference(nn.Linear(2, 2))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         FastPathOptions().with_(no_such_option=True)
+    for name in ("winograd", "gemm_pointwise"):
+        with pytest.raises(ValueError, match=f"{name} works on channels-last"):
+            FastPathOptions(channels_last=False, **{"winograd": False, "gemm_pointwise": False,
+                                                     name: True})
+    with pytest.raises(ValueError, match="int8_encoder quantises"):
+        FastPathOptions.int8().with_(winograd=True)
 
 
 def test_auto_options_per_device() -> None:
     cpu = FastPathOptions.auto("cpu")
     assert cpu.fold_bn and cpu.fuse_epilogues and cpu.channels_last and cpu.keep_freed_memory
     assert cpu.autocast_dtype is None and not cpu.compile
+    assert cpu.winograd and cpu.gemm_pointwise and cpu.fuse_neck
     cuda = FastPathOptions.auto("cuda")
     assert cuda.autocast_dtype in (torch.bfloat16, torch.float16) and cuda.compile
+    assert not (cuda.winograd or cuda.gemm_pointwise or cuda.fuse_neck)  # cuDNN's own choice
     assert not cuda.keep_freed_memory
     assert not FastPathOptions.eager().keep_freed_memory
 
