@@ -27,7 +27,8 @@ def test_measure_exact_and_lossy_options() -> None:
     assert table.count("\n") == 5 and "| fuse_epilogues | 0.0e+00 | 0.0000% | 100.000% |" in table
     with pytest.raises(ValueError, match="unknown option sets"):
         measure(model, x, ["warp_speed"])
-    assert set(OPTION_SETS) >= {"auto", "compile", "int8", "fuse_model"}
+    assert set(OPTION_SETS) >= {"auto", "compile", "int8", "fuse_model", "winograd",
+                                "gemm_pointwise", "fuse_neck"}
 
 
 def test_command_prints_the_table(capsys) -> None:
