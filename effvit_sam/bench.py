@@ -6,6 +6,8 @@ Engines, all in one process on the same weights and inputs:
 * ``fused`` - :func:`effvit_sam.fuse_model`: BatchNorm folded, activations and residual adds in
   place; nothing else (opt-in: ``--engines``);
 * ``fast`` - :func:`effvit_sam.fastpath.optimize_for_inference` with ``FastPathOptions.auto``;
+* ``fast_direct`` - the fast path with oneDNN's own convolutions and the reference neck
+  (``winograd``, ``gemm_pointwise`` and ``fuse_neck`` off), to show what those add (opt-in);
 * ``compiled`` - the fast path plus ``torch.compile`` (inductor, weight freezing on CPU);
 * ``int8`` - the compiled fast path with a static int8 encoder (CPU, ``torchao``; calibrated on
   random inputs, which is fine for timing and says nothing of accuracy; opt-in: ``--engines``);
@@ -47,7 +49,8 @@ from .cpu_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("eager", "fused", "fast", "compiled", "int8", "onnx")
+ENGINES = ("eager", "fused", "fast", "fast_direct", "compiled", "int8", "onnx")
+_KEPT_MEMORY_ENGINES = ("fast", "fast_direct", "compiled", "int8")
 SAM_BASELINES = ("sam_vit_b", "sam_vit_h")
 IMAGE_SIZE = (480, 640)  # the end-to-end image, H x W
 RSS_POLL_S = 0.002
@@ -203,8 +206,10 @@ def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path
             opts = FastPathOptions.eager().with_(fold_bn=True, fuse_epilogues=True)
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
-        elif name in ("fast", "compiled"):
+        elif name in ("fast", "fast_direct", "compiled"):
             opts = FastPathOptions.auto(device).with_(compile=name == "compiled")
+            if name == "fast_direct":
+                opts = opts.with_(winograd=False, gemm_pointwise=False, fuse_neck=False)
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
             engine.keeps_memory = opts.keep_freed_memory
@@ -307,7 +312,7 @@ def _summarise(args: argparse.Namespace, engines: list[Engine], device: torch.de
         if base is not None and name not in ("eager", *SAM_BASELINES):
             ratios[f"{name}_speedup_vs_eager"] = (base["encoder_latency_s_b1"]
                                                   / row["encoder_latency_s_b1"])
-        if kept is not None and name in ("fast", "compiled", "int8"):
+        if kept is not None and name in _KEPT_MEMORY_ENGINES:
             # The code's own gain, with the allocator gain taken out.
             ratios[f"{name}_speedup_vs_eager_kept"] = (kept["encoder_latency_s_b1"]
                                                        / row["encoder_latency_s_b1"])
@@ -394,7 +399,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per decoder figure")
     parser.add_argument("--engines", nargs="+", choices=ENGINES,
-                        default=[e for e in ENGINES if e not in ("fused", "int8")])
+                        default=[e for e in ENGINES if e not in ("fused", "fast_direct", "int8")])
     parser.add_argument("--sam", nargs="*", choices=SAM_BASELINES, default=["sam_vit_b"],
                         help="SAM encoders to compare with (random weights)")
     parser.add_argument("--vit-h", action="store_true",

@@ -15,14 +15,17 @@ from effvit_sam.bench import PeakMemory, main, markdown_table, parse_args
 
 
 def test_bench_writes_json_markdown_png(tmp_path: Path) -> None:
-    argv = ["--model", "tiny", "--engines", "eager", "fused", "fast", "onnx", "--sam",
+    argv = ["--model", "tiny", "--engines", "eager", "fused", "fast", "fast_direct", "onnx",
+            "--sam",
             "--runs", "2", "--warmup", "1", "--batch", "2", "--prompts", "2",
             "--out", str(tmp_path)]
     assert main(argv) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["config"]["model"] == "tiny" and report["config"]["threads"] == 2
     # eager_kept: eager again once the fast path made the process keep freed memory.
-    assert list(report["results"]) == ["eager", "fused", "fast", "onnx", "eager_kept"]
+    assert list(report["results"]) == ["eager", "fused", "fast", "fast_direct", "onnx",
+                                       "eager_kept"]
+    assert report["ratios"]["fast_direct_speedup_vs_eager_kept"] > 0
     for name, row in report["results"].items():
         assert row["encoder_size"] == 256
         assert row["encoder_latency_s_b1"] > 0 and row["encoder_images_per_s_b2"] > 0
