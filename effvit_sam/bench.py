@@ -6,8 +6,9 @@ Engines, all in one process on the same weights and inputs:
 * ``fused`` - :func:`effvit_sam.fuse_model`: BatchNorm folded, activations and residual adds in
   place; nothing else (opt-in: ``--engines``);
 * ``fast`` - :func:`effvit_sam.fastpath.optimize_for_inference` with ``FastPathOptions.auto``;
-* ``fast_direct`` - the fast path with oneDNN's own convolutions and the reference neck
-  (``winograd``, ``gemm_pointwise`` and ``fuse_neck`` off), to show what those add (opt-in);
+* ``fast_direct`` - the fast path with oneDNN's own convolutions, the reference neck and
+  PyTorch's GELU (``winograd``, ``gemm_pointwise``, ``fuse_neck`` and ``compiled_gelu`` off),
+  to show what those add (opt-in);
 * ``compiled`` - the fast path plus ``torch.compile`` (inductor, weight freezing on CPU);
 * ``int8`` - the compiled fast path with a static int8 encoder (CPU, ``torchao``; calibrated on
   random inputs, which is fine for timing and says nothing of accuracy; opt-in: ``--engines``);
@@ -209,7 +210,8 @@ def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path
         elif name in ("fast", "fast_direct", "compiled"):
             opts = FastPathOptions.auto(device).with_(compile=name == "compiled")
             if name == "fast_direct":
-                opts = opts.with_(winograd=False, gemm_pointwise=False, fuse_neck=False)
+                opts = opts.with_(winograd=False, gemm_pointwise=False, fuse_neck=False,
+                                  compiled_gelu=False)
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
             engine.keeps_memory = opts.keep_freed_memory

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fast_gelu import gelu_tanh_
 from .modeling.blocks import FusedMBConv, MBConv, ResBlock, Residual
 from .modeling.layers import ConvNormAct
 
@@ -125,3 +126,16 @@ def fuse_epilogues(module: nn.Module) -> nn.Module:
         if isinstance(module, kinds):
             module = _convert(module) or module
     return module
+
+
+def use_compiled_gelu(module: nn.Module) -> int:
+    """Makes every :class:`FusedConv` under ``module`` whose activation is the tanh GELU apply it
+    with :func:`effvit_sam.fast_gelu.gelu_tanh_` (one compiled in-place loop) instead of
+    PyTorch's kernel. The out-of-place fallback is unchanged. Returns how many were switched."""
+    count = 0
+    for sub in module.modules():
+        if isinstance(sub, FusedConv) and isinstance(sub.act, nn.GELU) \
+                and sub.act.approximate == "tanh":
+            sub._act_ = gelu_tanh_
+            count += 1
+    return count

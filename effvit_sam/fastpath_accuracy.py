@@ -28,6 +28,7 @@ OPTION_SETS: dict[str, FastPathOptions] = {
     "winograd": _E.with_(channels_last=True, winograd=True),
     "gemm_pointwise": _E.with_(channels_last=True, gemm_pointwise=True),
     "fuse_neck": _E.with_(channels_last=True, fuse_neck=True),
+    "compiled_gelu": _E.with_(fuse_epilogues=True, compiled_gelu=True),
     "auto": FastPathOptions.auto("cpu"),
     "compile": FastPathOptions.auto("cpu").with_(compile=True),
     "quantize_decoder": FastPathOptions.auto("cpu").with_(quantize_decoder=True),
