@@ -114,6 +114,12 @@ class DemoBackend:
         # session: a predictor built with the default fast=True would deep-copy and re-fold the
         # model on every upload, and each live session would then hold its own model copy.
         self.inference_model = optimize_for_inference(self.model, device=self.device)
+        # Warm-up at start-up rather than on the first upload: the first encoder call of a
+        # process compiles the CPU GELU kernel (FastPathOptions.compiled_gelu) and grows the heap.
+        size = self.inference_model.encoder_size
+        with torch.inference_mode():
+            self.inference_model.encode(torch.zeros(1, 3, size, size,
+                                                    device=self.inference_model.device))
 
     # -- handlers ------------------------------------------------------------------------------
     def new_session(self, image: np.ndarray, previous: DemoSession | None = None) -> DemoSession:
