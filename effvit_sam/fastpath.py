@@ -110,7 +110,8 @@ class FastPathOptions:
         """The default for a device type: what measurably helps there.
 
         CPU: BN folding, epilogue fusion, channels-last, Winograd 3x3 and GEMM 1x1 convolutions,
-        the fused neck and kept freed memory (``compile=True`` is opt-in, see the README).
+        the fused neck, the compiled GELU (when a C++ compiler is found) and kept freed memory
+        (``compile=True`` is opt-in, see the README).
         CUDA: BN folding, epilogues, channels-last, a compiled encoder and bf16 autocast (fp16
         where the GPU has no bf16); cuDNN picks its own convolution algorithms.
         """
