@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .epilogue import _needs_out_of_place
+
 # Lavin & Gray's F(4x4, 3x3) matrices (interpolation points 0, 1, -1, 2, -2, infinity).
 _BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
        (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
@@ -35,13 +37,6 @@ _M, _A = 4, 6  # output tile, input tile
 # these widths the transforms or the GEMM call cost more than they save).
 WINOGRAD_MIN_CHANNELS = 64
 GEMM_MIN_IN_CHANNELS = 1024
-
-
-def _plain(*tensors: torch.Tensor) -> bool:
-    """True when the fast kernels may run: no autograd, tracing or export involved."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -85,7 +80,8 @@ class WinogradConv3x3(nn.Module):
                 and conv.padding_mode == "zeros")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (_channels_last(x) and x.dtype == self.u.dtype and _plain(x)):
+        if not (_channels_last(x) and x.dtype == self.u.dtype
+                and not _needs_out_of_place(x)):
             return self.conv(x)
         b, c, h, w = x.shape
         th, tw = -(-h // _M), -(-w // _M)
@@ -127,7 +123,8 @@ class GemmConv1x1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if not (_channels_last(x) and x.dtype == conv.weight.dtype and _plain(x)):
+        if not (_channels_last(x) and x.dtype == conv.weight.dtype
+                and not _needs_out_of_place(x)):
             return conv(x)
         w = conv.weight.view(conv.out_channels, conv.in_channels)
         # B x H x W x Cout contiguous, i.e. a channels-last B x Cout x H x W tensor.

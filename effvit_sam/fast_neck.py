@@ -12,8 +12,9 @@ the 64x64 feature (``baddbmm_``): no 64x64 intermediate per stage and no separat
 the reference form (both in float32).
 
 Both compute the same functions as the modules they replace, with different rounding (about
-1e-6; tested) and fall back to the reference computation under autograd, autocast, tracing or
-export, or when the input is not float32 channels-last.
+1e-6; tested). :class:`FusedSamNeck` falls back to the reference computation under autograd,
+autocast, tracing or export, or when an input is not float32 channels-last;
+:class:`FusedLayerNorm2d` needs no fallback (``F.layer_norm`` takes any layout and autograd).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_convs import _channels_last, _plain
+from .epilogue import _needs_out_of_place
+from .fast_convs import _channels_last
 from .modeling.encoder import EfficientViTImageEncoder, SamNeck, Upsample
 from .modeling.layers import LayerNorm2d
 
@@ -59,12 +61,12 @@ def add_resized_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _input_conv(op: nn.Module) -> nn.Module:
-    """The projection of one neck input (``Sequence([conv, Upsample])``) without the resize."""
+def _check_input_op(op: nn.Module) -> None:
+    """A neck input must be ``Sequence([projection, Upsample])``: the fused path runs the
+    projection (``op_list[0]``) and does the resize itself."""
     layers = list(op.op_list)
     if len(layers) != 2 or not isinstance(layers[1], Upsample):
         raise ValueError(f"unexpected neck input op {op}")
-    return layers[0]
 
 
 class FusedSamNeck(nn.Module):
@@ -77,6 +79,8 @@ class FusedSamNeck(nn.Module):
         super().__init__()
         if not isinstance(neck, SamNeck):
             raise TypeError(f"expected a SamNeck, got {type(neck).__name__}")
+        for op in neck.input_ops:
+            _check_input_op(op)
         self.stage_ids = neck.stage_ids
         self.input_ops = neck.input_ops
         self.middle = neck.middle
@@ -86,10 +90,11 @@ class FusedSamNeck(nn.Module):
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
         ids = list(self.stage_ids)
         inputs = [stages[s] for s in ids]
-        if not all(_channels_last(t) and t.dtype == torch.float32 and _plain(t)
+        if not all(_channels_last(t) and t.dtype == torch.float32
+                   and not _needs_out_of_place(t)
                    and not torch.is_autocast_enabled(t.device.type) for t in inputs):
             return SamNeck.forward(self, stages)  # the reference computation, same submodules
-        convs = [_input_conv(op) for op in self.input_ops]
+        convs = [op.op_list[0] for op in self.input_ops]
         # The official sum runs right to left: feats[-1] first, then each earlier one added.
         x = convs[-1](inputs[-1])
         if tuple(x.shape[-2:]) != (self.size, self.size):
