@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from effvit_sam.checkpoint import atomic_write
-from effvit_sam.visualize import mask_to_rle, overlay_masks
+from effvit_sam.io import atomic_write
+from effvit_sam.masks import mask_to_box_xywh, mask_to_rle
+from effvit_sam.visualize import overlay_masks
 
 from .prompts import Prompts
 
@@ -97,15 +98,6 @@ def label_png_bytes(masks: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _bbox_xywh(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    # COCO boxes cover whole pixels: a single pixel at (x, y) is [x, y, 1, 1].
-    x0, y0 = int(xs.min()), int(ys.min())
-    return [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
-
-
 def coco_records(masks: np.ndarray, scores: np.ndarray | None = None, *,
                  prompts: Prompts | None = None) -> list[dict[str, Any]]:
     """COCO-style annotation dicts for ``N x H x W`` masks.
@@ -129,7 +121,7 @@ def coco_records(masks: np.ndarray, scores: np.ndarray | None = None, *,
             "id": i + 1,
             "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"]},
             "area": int(mask.sum()),
-            "bbox": _bbox_xywh(mask),
+            "bbox": mask_to_box_xywh(mask),
         }
         if scores is not None:
             record["score"] = float(scores[i])

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from effvit_sam.automatic import EfficientViTSamAutomaticMaskGenerator
-from effvit_sam.fastpath import optimize_for_inference
+from effvit_sam.inference.optimize import optimize_for_inference
 from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.predictor import EfficientViTSamPredictor
 from effvit_sam.predictor_inputs import as_rgb_image

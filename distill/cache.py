@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from effvit_sam.checkpoint import atomic_write
 from effvit_sam.geometry import preprocess_image
+from effvit_sam.io import atomic_write
 
 from .teacher import Teacher
 

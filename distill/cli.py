@@ -113,7 +113,7 @@ def embed_mse_main(argv: list[str]) -> int:
     import torch
 
     from effvit_sam import build_sam
-    from effvit_sam.checkpoint import atomic_write
+    from effvit_sam.io import atomic_write
 
     from .cache import expand_urls
     from .phase1 import embedding_mse
@@ -147,7 +147,7 @@ def embed_mse_main(argv: list[str]) -> int:
     if args.student_random_init:
         model = build_sam(args.student_model)
     elif Path(args.student).is_dir():
-        from effvit_sam.checkpoint import from_pretrained
+        from effvit_sam.build import from_pretrained
 
         model = from_pretrained(args.student)
     else:

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from effvit_sam.checkpoint import atomic_write, save_pretrained
+from effvit_sam.checkpoint import save_pretrained
+from effvit_sam.io import atomic_write
 from effvit_sam.modeling import EfficientViTSam
 
 from .config import Config, dump_config

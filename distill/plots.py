@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from effvit_sam.checkpoint import atomic_write
+from effvit_sam.io import atomic_write
 
 SKIP_COLUMNS = ("step", "lr", "grad_norm")
 

@@ -25,7 +25,8 @@ import pycocotools.mask as mask_util
 from PIL import Image
 from tqdm import tqdm
 
-from effvit_sam.checkpoint import atomic_write
+from effvit_sam.io import atomic_write
+from effvit_sam.masks import mask_to_rle
 
 from .synthetic import PART, SHAPES, Scene, make_scene, scene_size
 
@@ -45,12 +46,6 @@ def scene_for(seed: int, stream: int, image_id: int, *, long_side: int) -> Scene
     """The scene of ``image_id`` in a set made with ``seed`` (``stream``: shards 0, eval 1)."""
     rng = np.random.default_rng([seed, stream, image_id])
     return make_scene(rng, size=scene_size(rng, long_side))
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO RLE ``{"size": [h, w], "counts": str}`` of an ``h x w`` bool mask."""
-    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def jpeg_bytes(image: np.ndarray) -> bytes:
@@ -81,7 +76,7 @@ def sa1b_record(scene: Scene, *, image_id: int, rng: np.random.Generator) -> dic
     h, w = scene.image.shape[:2]
     annotations = []
     for ann_id, obj in enumerate(scene.objects):
-        rle = encode_rle(obj.mask)
+        rle = mask_to_rle(obj.mask)
         x, y, bw, bh = (int(v) for v in mask_util.toBbox(rle))
         crop = obj.mask[y: y + bh, x: x + bw]
         flat = np.flatnonzero(crop)
@@ -171,7 +166,7 @@ def write_eval_set(out_dir: str | Path, *, num_images: int, seed: int = 0,
         for obj in scene.objects:
             if obj.category == PART:
                 continue
-            rle = encode_rle(obj.mask)
+            rle = mask_to_rle(obj.mask)
             present.add(cat_ids[obj.category])
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from effvit_sam import build_sam
-from effvit_sam.checkpoint import from_pretrained, load_checkpoint, read_state_dict
+from effvit_sam.build import from_pretrained
+from effvit_sam.checkpoint import load_checkpoint, read_state_dict
 from effvit_sam.geometry import preprocess_image
 
 from .config import TeacherConfig

@@ -1,7 +1,7 @@
 """effvit-sam: fast Segment Anything with EfficientViT image encoders.
 
-The public names are imported lazily (PEP 562), so ``import effvit_sam.onnx_predictor`` - the
-onnxruntime predictor, numpy only - does not import torch.
+The public names are imported lazily (PEP 562), so ``import effvit_sam.export.onnx_predictor``
+- the onnxruntime predictor, numpy only - does not import torch.
 """
 
 from __future__ import annotations
@@ -12,29 +12,26 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_sam": ".build", "get_config": ".build", "list_models": ".build",
-    "CheckpointError": ".checkpoint", "from_pretrained": ".checkpoint",
-    "load_checkpoint": ".checkpoint", "save_pretrained": ".checkpoint",
+    "build_sam": ".build", "from_pretrained": ".build",
+    "CheckpointError": ".checkpoint", "load_checkpoint": ".checkpoint",
+    "save_pretrained": ".checkpoint",
     "MODEL_CONFIGS": ".configs", "EncoderConfig": ".configs", "SamConfig": ".configs",
+    "get_config": ".configs", "list_models": ".configs",
     "EfficientViTSam": ".modeling",
-    "fuse_model": ".fuse",
+    "FastPathOptions": ".inference", "fuse_model": ".inference",
+    "optimize_for_inference": ".inference",
     "EfficientViTSamPredictor": ".predictor",
     "EfficientViTSamAutomaticMaskGenerator": ".automatic",
 }
 
-__all__ = [
-    "MODEL_CONFIGS", "CheckpointError", "EfficientViTSam", "EfficientViTSamAutomaticMaskGenerator",
-    "EfficientViTSamPredictor", "EncoderConfig", "SamConfig", "build_sam", "from_pretrained",
-    "fuse_model",
-    "get_config", "list_models", "load_checkpoint", "save_pretrained",
-]
+__all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .automatic import EfficientViTSamAutomaticMaskGenerator
-    from .build import build_sam, get_config, list_models
-    from .checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_pretrained
-    from .configs import MODEL_CONFIGS, EncoderConfig, SamConfig
-    from .fuse import fuse_model
+    from .build import build_sam, from_pretrained
+    from .checkpoint import CheckpointError, load_checkpoint, save_pretrained
+    from .configs import MODEL_CONFIGS, EncoderConfig, SamConfig, get_config, list_models
+    from .inference import FastPathOptions, fuse_model, optimize_for_inference
     from .modeling import EfficientViTSam
     from .predictor import EfficientViTSamPredictor
 

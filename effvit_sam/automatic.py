@@ -36,6 +36,7 @@ from torchvision.ops.boxes import batched_nms, box_area
 from tqdm import tqdm
 
 from . import geometry
+from .masks import inclusive_box_to_xywh
 from .predictor import EfficientViTSamPredictor, EncodedImage
 from .predictor_inputs import as_rgb_image
 
@@ -173,7 +174,9 @@ class EfficientViTSamAutomaticMaskGenerator:
             records.append({
                 "segmentation": segmentation,
                 "area": area_from_rle(rle),
-                "bbox": box_xyxy_to_xywh(data["boxes"][i]).tolist(),
+                # whole-pixel COCO box, as everywhere in the package (effvit_sam.masks);
+                # SAM's records say w = x1 - x0 of the inclusive extents, one pixel less
+                "bbox": inclusive_box_to_xywh(data["boxes"][i].tolist()),
                 "predicted_iou": data["iou_preds"][i].item(),
                 "point_coords": [data["points"][i].tolist()],
                 "stability_score": data["stability_score"][i].item(),

@@ -1,4 +1,5 @@
-"""Build EfficientViT-SAM models by name: ``build_sam("l0", checkpoint=path)``."""
+"""Build EfficientViT-SAM models by name: ``build_sam("l0", checkpoint=path)`` and
+``from_pretrained(name_or_folder)``."""
 
 from __future__ import annotations
 
@@ -6,18 +7,17 @@ from pathlib import Path
 
 import torch
 
-from .configs import MODEL_CONFIGS, OFFICIAL_VARIANTS, SamConfig, resolve_name
+from .checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_checkpoint,
+    read_pretrained_config,
+)
+from .configs import HUB_REPO_ID, MODEL_CONFIGS, SamConfig, get_config, list_models, resolve_name
 from .modeling import EfficientViTSam, build_efficientvit_sam
 
-
-def list_models(*, official_only: bool = False) -> list[str]:
-    """Registered model names (``official_only``: only those with released checkpoints)."""
-    return list(OFFICIAL_VARIANTS if official_only else MODEL_CONFIGS)
-
-
-def get_config(name: str) -> SamConfig:
-    """The frozen config of a registered model; an unknown name raises with the valid names."""
-    return MODEL_CONFIGS[resolve_name(name)]
+__all__ = ["build_sam", "from_pretrained", "get_config", "list_models"]
 
 
 def build_sam(name: str | SamConfig, *, checkpoint: str | Path | None = None,
@@ -30,9 +30,55 @@ def build_sam(name: str | SamConfig, *, checkpoint: str | Path | None = None,
     cfg = name if isinstance(name, SamConfig) else get_config(name)
     model = build_efficientvit_sam(cfg)
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
         load_checkpoint(model, checkpoint)
     if device is not None:
         model.to(device)
     return model
+
+
+def _from_directory(directory: Path) -> EfficientViTSam:
+    return build_sam(read_pretrained_config(directory), checkpoint=directory / WEIGHTS_NAME)
+
+
+def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = None,
+                    local_files_only: bool = False) -> EfficientViTSam:
+    """Load a model from a ``save_pretrained`` directory, an official name, or a hub repo id.
+
+    An official name (``"efficientvit-sam-l0"`` / ``"l0"``) fetches the official file from the
+    ``mit-han-lab/efficientvit-sam`` hub repo through ``huggingface_hub`` (or finds it in the local
+    Hugging Face cache); without a network it raises a message saying where to put the file.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return _from_directory(path)
+    try:
+        name = resolve_name(str(name_or_path))
+    except KeyError:
+        name = None
+    from huggingface_hub import hf_hub_download
+
+    if name is not None:
+        hub_file = MODEL_CONFIGS[name].hub_file
+        if hub_file is None:
+            raise CheckpointError(f"{name} has no released checkpoint")
+        try:
+            file = hf_hub_download(HUB_REPO_ID, hub_file, cache_dir=cache_dir,
+                                   local_files_only=local_files_only)
+        except Exception as err:
+            raise FileNotFoundError(
+                f"could not fetch {hub_file} from the hub repo {HUB_REPO_ID} ({err}). Download it "
+                f"from https://huggingface.co/{HUB_REPO_ID} and pass its path as "
+                f"build_sam({name!r}, checkpoint=PATH), or place it in the Hugging Face cache."
+            ) from err
+        return build_sam(name, checkpoint=file)
+    if "/" in str(name_or_path):
+        try:
+            cfg_file = hf_hub_download(str(name_or_path), CONFIG_NAME, cache_dir=cache_dir,
+                                       local_files_only=local_files_only)
+            hf_hub_download(str(name_or_path), WEIGHTS_NAME, cache_dir=cache_dir,
+                            local_files_only=local_files_only)
+        except Exception as err:
+            raise FileNotFoundError(f"could not fetch {name_or_path} from the hub: {err}") from err
+        return _from_directory(Path(cfg_file).parent)
+    raise FileNotFoundError(f"{name_or_path} is neither a directory, a model name "
+                            f"({', '.join(MODEL_CONFIGS)}) nor a hub repo id")

@@ -8,24 +8,23 @@ listing missing, unexpected and wrongly-shaped keys, and naming the variant the 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .configs import HUB_REPO_ID, MODEL_CONFIGS, SamConfig, resolve_name
+from .configs import MODEL_CONFIGS, SamConfig, get_config
+from .errors import UserError
+from .io import atomic_write, read_json, write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _SHOW = 10
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not fit the model it is loaded into."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that does not fit the model it is loaded into, or cannot be read."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -54,10 +53,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 @cache
 def _signature(name: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a registered model, built on the meta device (no memory, no compute)."""
-    from .build import build_sam
+    from .modeling import build_efficientvit_sam
 
     with torch.device("meta"):
-        model = build_sam(name)
+        model = build_efficientvit_sam(get_config(name))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -114,20 +113,6 @@ def load_checkpoint(model: nn.Module,
     return model
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
     from safetensors.torch import save_file
@@ -139,61 +124,19 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
     meta = {"model_type": "efficientvit-sam", "config": cfg.to_dict()}
-    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    write_json(directory / CONFIG_NAME, meta)
     return directory
 
 
-def _from_directory(directory: Path):
-    from .build import build_sam
-
-    meta = json.loads((directory / CONFIG_NAME).read_text())
-    if meta.get("model_type") != "efficientvit-sam":
-        raise CheckpointError(f"{directory / CONFIG_NAME} is not an efficientvit-sam config")
-    cfg = SamConfig.from_dict(meta["config"])
-    return build_sam(cfg, checkpoint=directory / WEIGHTS_NAME)
-
-
-def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = None,
-                    local_files_only: bool = False):
-    """Load a model from a ``save_pretrained`` directory, an official name, or a hub repo id.
-
-    An official name (``"efficientvit-sam-l0"`` / ``"l0"``) fetches the official file from the
-    ``mit-han-lab/efficientvit-sam`` hub repo through ``huggingface_hub`` (or finds it in the local
-    Hugging Face cache); without a network it raises a message saying where to put the file.
-    """
-    from .build import build_sam
-
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return _from_directory(path)
+def read_pretrained_config(directory: str | Path) -> SamConfig:
+    """The :class:`SamConfig` in a ``save_pretrained`` folder's ``config.json``."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a save_pretrained folder: no {CONFIG_NAME}")
+    meta = read_json(path)
+    if not isinstance(meta, dict) or meta.get("model_type") != "efficientvit-sam":
+        raise CheckpointError(f"{path} is not an efficientvit-sam config")
     try:
-        name = resolve_name(str(name_or_path))
-    except KeyError:
-        name = None
-    from huggingface_hub import hf_hub_download
-
-    if name is not None:
-        hub_file = MODEL_CONFIGS[name].hub_file
-        if hub_file is None:
-            raise CheckpointError(f"{name} has no released checkpoint")
-        try:
-            file = hf_hub_download(HUB_REPO_ID, hub_file, cache_dir=cache_dir,
-                                   local_files_only=local_files_only)
-        except Exception as err:
-            raise FileNotFoundError(
-                f"could not fetch {hub_file} from the hub repo {HUB_REPO_ID} ({err}). Download it "
-                f"from https://huggingface.co/{HUB_REPO_ID} and pass its path as "
-                f"build_sam({name!r}, checkpoint=PATH), or place it in the Hugging Face cache."
-            ) from err
-        return build_sam(name, checkpoint=file)
-    if "/" in str(name_or_path):
-        try:
-            cfg_file = hf_hub_download(str(name_or_path), CONFIG_NAME, cache_dir=cache_dir,
-                                       local_files_only=local_files_only)
-            hf_hub_download(str(name_or_path), WEIGHTS_NAME, cache_dir=cache_dir,
-                            local_files_only=local_files_only)
-        except Exception as err:
-            raise FileNotFoundError(f"could not fetch {name_or_path} from the hub: {err}") from err
-        return _from_directory(Path(cfg_file).parent)
-    raise FileNotFoundError(f"{name_or_path} is neither a directory, a model name "
-                            f"({', '.join(MODEL_CONFIGS)}) nor a hub repo id")
+        return SamConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: bad model config ({err})") from None

@@ -10,8 +10,10 @@ import importlib
 import logging
 import sys
 
+from .errors import run_command
+
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "segment": ("effvit_sam.segment_cli", "main",
+    "segment": ("effvit_sam.tools.segment", "main",
                 "segment an image from points/boxes, or everything"),
     "make-shards": ("distill.synthetic_cli", "make_shards_main",
                     "write synthetic scenes as SA-1B tar shards"),
@@ -24,9 +26,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "student-teacher embedding MSE on held-out shards"),
     "eval": ("eval.cli", "main", "zero-shot COCO/LVIS evaluation (box, detector boxes, clicks)"),
     "demo": ("demo.cli", "main", "interactive Gradio demo"),
-    "export-onnx": ("effvit_sam.export_onnx", "main", "export encoder and decoder to ONNX"),
-    "bench": ("effvit_sam.bench", "main", "speed and memory benchmark, reported as ratios"),
-    "fastpath-accuracy": ("effvit_sam.fastpath_accuracy", "main",
+    "export-onnx": ("effvit_sam.tools.export", "main", "export encoder and decoder to ONNX"),
+    "bench": ("effvit_sam.tools.bench", "main", "speed and memory benchmark, reported as ratios"),
+    "fastpath-accuracy": ("effvit_sam.tools.fastpath_accuracy", "main",
                           "what each fast-path option changes vs eager float32"),
 }
 
@@ -34,7 +36,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def _usage() -> str:
     lines = ["usage: effvit-sam COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<18} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "Run 'effvit-sam COMMAND --help' for a command's options."]
+    lines += ["", "Run 'effvit-sam COMMAND --help' for a command's options. Errors in what you",
+              "pass exit with code 2 and one message; --debug (or EFFVIT_SAM_DEBUG=1) shows the",
+              "traceback."]
     return "\n".join(lines)
 
 
@@ -49,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     module, func, _ = COMMANDS[name]
-    result = getattr(importlib.import_module(module), func)(rest)
-    return int(result or 0)
+    return run_command(f"effvit-sam {name}", getattr(importlib.import_module(module), func), rest)
 
 
 if __name__ == "__main__":

@@ -155,3 +155,13 @@ def resolve_name(name: str) -> str:
     if f"efficientvit-sam-{key}" in MODEL_CONFIGS:
         return f"efficientvit-sam-{key}"
     raise KeyError(f"unknown model {name!r}; valid names: {', '.join(MODEL_CONFIGS)}")
+
+
+def get_config(name: str) -> SamConfig:
+    """The frozen config of a registered model; an unknown name raises with the valid names."""
+    return MODEL_CONFIGS[resolve_name(name)]
+
+
+def list_models(*, official_only: bool = False) -> list[str]:
+    """Registered model names (``official_only``: only those with released checkpoints)."""
+    return list(OFFICIAL_VARIANTS if official_only else MODEL_CONFIGS)

@@ -10,15 +10,21 @@ Frames used throughout the package:
   (512 for L models, 1024 for XL models), normalised and zero-padded bottom/right to a square.
 
 The model, predictor, training, evaluation, demo and export all import these functions, so the
-arithmetic exists once.
+arithmetic exists once. The numpy core (sizes, resizes, point/box transforms, the numpy encoder
+input and mask upscaling the onnxruntime predictor uses) needs no torch: this module imports
+torch only inside the functions that take or return tensors.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 PROMPT_FRAME = 1024
 """Long side, in pixels, of SAM's prompt frame (points, boxes, mask post-processing)."""
@@ -56,6 +62,9 @@ def normalize_and_pad(image: torch.Tensor, size: int) -> torch.Tensor:
 
     Padding goes at the bottom and right, after normalisation (so padded pixels are 0).
     """
+    import torch
+    import torch.nn.functional as F
+
     mean = torch.tensor(PIXEL_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1) / 255
     std = torch.tensor(PIXEL_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1) / 255
     h, w = image.shape[-2:]
@@ -67,23 +76,28 @@ def normalize_and_pad(image: torch.Tensor, size: int) -> torch.Tensor:
 
 def preprocess_image(image: np.ndarray, encoder_size: int) -> torch.Tensor:
     """Turn an ``H x W x 3`` uint8 RGB image into the ``1 x 3 x S x S`` encoder input (CPU)."""
+    import torch
+
     resized = resize_longest_side(image, encoder_size)
     x = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1).float().div(255)
     return normalize_and_pad(x.unsqueeze(0), encoder_size)
 
 
-def preprocess_batch(images: torch.Tensor, encoder_size: int) -> torch.Tensor:
-    """Tensor version for training: ``B x 3 x H x W`` uint8 (one common size) to ``B x 3 x S x S``.
+def preprocess_image_numpy(image: np.ndarray, encoder_size: int) -> np.ndarray:
+    """:func:`preprocess_image` in numpy: the ``1 x 3 x S x S`` float32 encoder input."""
+    resized = resize_longest_side(image, encoder_size)
+    new_h, new_w = resized.shape[:2]
+    x = resized.astype(np.float32).transpose(2, 0, 1) / np.float32(255)
+    mean = np.asarray(PIXEL_MEAN, dtype=np.float32).reshape(3, 1, 1) / np.float32(255)
+    std = np.asarray(PIXEL_STD, dtype=np.float32).reshape(3, 1, 1) / np.float32(255)
+    out = np.zeros((1, 3, encoder_size, encoder_size), dtype=np.float32)
+    out[0, :, :new_h, :new_w] = (x - mean) / std
+    return out
 
-    Uses torch's antialiased bilinear resize, which matches PIL's to about 1/255.
-    """
-    h, w = images.shape[-2:]
-    new_h, new_w = preprocess_shape(h, w, encoder_size)
-    x = images.float().div(255)
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-        x = x.clamp(0, 1)
-    return normalize_and_pad(x, encoder_size)
+
+def _is_tensor(x) -> bool:
+    torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def apply_coords(coords: np.ndarray | torch.Tensor, original_size: tuple[int, int],
@@ -92,7 +106,9 @@ def apply_coords(coords: np.ndarray | torch.Tensor, original_size: tuple[int, in
     old_h, old_w = original_size
     new_h, new_w = preprocess_shape(old_h, old_w, long_side)
     scale = (new_w / old_w, new_h / old_h)
-    if isinstance(coords, torch.Tensor):
+    if _is_tensor(coords):
+        import torch
+
         return coords.float() * torch.tensor(scale, dtype=torch.float32, device=coords.device)
     return np.asarray(coords, dtype=np.float64) * np.asarray(scale)
 
@@ -104,6 +120,18 @@ def apply_boxes(boxes: np.ndarray | torch.Tensor, original_size: tuple[int, int]
     return apply_coords(boxes.reshape(-1, 2, 2), original_size, long_side).reshape(shape)
 
 
+def xywh_to_xyxy(box) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` (``... x 4``) to ``[x0, y0, x1, y1]`` in the same pixel frame."""
+    box = np.asarray(box, dtype=np.float64)
+    return np.concatenate([box[..., :2], box[..., :2] + box[..., 2:]], -1)
+
+
+def xyxy_to_xywh(box) -> np.ndarray:
+    """``[x0, y0, x1, y1]`` (``... x 4``) to COCO ``[x, y, w, h]`` in the same pixel frame."""
+    box = np.asarray(box, dtype=np.float64)
+    return np.concatenate([box[..., :2], box[..., 2:] - box[..., :2]], -1)
+
+
 def postprocess_masks(masks: torch.Tensor, input_size: tuple[int, int],
                       original_size: tuple[int, int], frame: int = PROMPT_FRAME) -> torch.Tensor:
     """Upscale ``B x C x 256 x 256`` decoder logits to the original ``H x W`` frame.
@@ -112,13 +140,47 @@ def postprocess_masks(masks: torch.Tensor, input_size: tuple[int, int],
     logits are upscaled to the whole ``frame x frame`` square, cropped to the image and resized
     to the original size, as SAM does.
     """
+    import torch.nn.functional as F
+
     masks = F.interpolate(masks, (frame, frame), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]
     return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 
 
+def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``out x in`` weights of torch's bilinear resize (``align_corners=False``, no antialias)."""
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = src - i0
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, i0), 1.0 - frac)
+    np.add.at(weights, (rows, i1), frac)
+    return weights.astype(np.float32)
+
+
+def resize_bilinear_numpy(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize the last two axes of ``x`` to ``size`` like ``F.interpolate(mode="bilinear")``."""
+    wy = _bilinear_matrix(x.shape[-2], size[0])
+    wx = _bilinear_matrix(x.shape[-1], size[1])
+    return np.einsum("oh,...hw,pw->...op", wy, x.astype(np.float32), wx, optimize=True)
+
+
+def postprocess_masks_numpy(masks: np.ndarray, input_size: tuple[int, int],
+                            original_size: tuple[int, int],
+                            frame: int = PROMPT_FRAME) -> np.ndarray:
+    """:func:`postprocess_masks` in numpy, for ``... x 256 x 256`` logits."""
+    masks = resize_bilinear_numpy(masks, (frame, frame))
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return resize_bilinear_numpy(masks, tuple(original_size))
+
+
 def masks_to_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
     """``N x H x W`` boolean masks to ``N x 4`` XYXY boxes (inclusive pixel extents; 0 if empty)."""
+    import torch
+
     if masks.numel() == 0:
         return torch.zeros(*masks.shape[:-2], 4, device=masks.device)
     h, w = masks.shape[-2:]
@@ -148,6 +210,9 @@ def mask_to_low_res(masks: np.ndarray | torch.Tensor, frame: int = PROMPT_FRAME,
     image over its bounding box, so small masks in large photos are cheap. Returns bool on the
     input's device.
     """
+    import torch
+    import torch.nn.functional as F
+
     masks = torch.as_tensor(masks)
     if masks.ndim < 2:
         raise ValueError(f"masks must be ... x H x W, got shape {tuple(masks.shape)}")

@@ -63,7 +63,7 @@ class EfficientViTSamPredictor:
     ``model`` is an :class:`EfficientViTSam` (any variant) or a ``segment_anything`` ``Sam``. It is
     put in eval mode and moved to ``device`` (default: the model's device); all work runs under
     :func:`torch.inference_mode`. With ``fast`` (the default) an EfficientViTSam is replaced by
-    :func:`effvit_sam.fastpath.optimize_for_inference`'s copy (BatchNorm folded, channels-last;
+    :func:`effvit_sam.inference.optimize_for_inference`'s copy (BatchNorm folded, channels-last;
     outputs within 1e-3 of eager); ``fast=False`` runs the model as given. SAM models always run
     as given.
     """
@@ -77,7 +77,7 @@ class EfficientViTSamPredictor:
             next(model.parameters()).device
         self.fast = fast and isinstance(model, EfficientViTSam)
         if self.fast:
-            from .fastpath import optimize_for_inference
+            from .inference import optimize_for_inference
 
             model = optimize_for_inference(model.eval(), device=self.device)
         self.model = model.to(self.device).eval()

@@ -1,9 +1,8 @@
-"""Overlay pictures and COCO run-length encoding of masks (pure numpy / PIL, no windows).
+"""Overlay pictures of masks and prompts (pure numpy / PIL, no windows).
 
 ``overlay_masks`` paints masks in distinct colours over an image and draws the prompts: green
-stars for foreground points, red stars for background points, box rectangles. ``mask_to_rle`` /
-``rle_to_mask`` convert between ``H x W`` bool masks and COCO compressed RLE with string counts
-(what pycocotools and the COCO JSON format use).
+stars for foreground points, red stars for background points, box rectangles. (COCO RLE lives
+in :mod:`effvit_sam.masks`.)
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import math
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
 from .predictor_inputs import as_rgb_image, to_numpy
 
@@ -108,31 +106,3 @@ def overlay_masks(image, masks, *, points=None, labels=None, boxes=None, alpha: 
             fill = FOREGROUND if label > 0 else BACKGROUND
             draw.polygon(_star(float(x), float(y), radius), fill=fill, outline=OUTLINE)
     return np.asarray(canvas)
-
-
-def mask_to_rle(mask) -> dict:
-    """``H x W`` bool mask to COCO compressed RLE ``{"size": [H, W], "counts": str}``."""
-    array = np.asarray(mask)
-    if array.ndim != 2:
-        raise ValueError(f"mask must be H x W, got shape {array.shape}")
-    rle = mask_utils.encode(np.asfortranarray(array.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    """COCO RLE (compressed ``str``/``bytes`` counts, or uncompressed list counts) to ``H x W``
-    bool."""
-    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise ValueError("rle must be a dict with 'size' [H, W] and 'counts'")
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        if sum(counts) != h * w:
-            raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, not H*W = {h * w}")
-        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    elif isinstance(counts, (str, bytes)):
-        compressed = {"size": [h, w],
-                      "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    else:
-        raise TypeError(f"rle counts must be str, bytes or a list, got {type(counts).__name__}")
-    return mask_utils.decode(compressed).astype(bool)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
+
+from effvit_sam.geometry import xywh_to_xyxy
+from effvit_sam.masks import rle_to_mask, segmentation_to_rle
 
 logger = logging.getLogger(__name__)
 
@@ -31,30 +33,6 @@ def size_bucket(area: float) -> str:
     if area < SMALL_AREA:
         return "small"
     return "medium" if area < MEDIUM_AREA else "large"
-
-
-def xywh_to_xyxy(box: list[float] | tuple[float, ...]) -> np.ndarray:
-    """COCO ``[x, y, w, h]`` to ``[x0, y0, x1, y1]`` (same pixel frame)."""
-    x, y, w, h = (float(v) for v in box)
-    return np.array([x, y, x + w, y + h], dtype=np.float64)
-
-
-def segmentation_to_rle(segmentation: list | dict, height: int, width: int) -> dict:
-    """A COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
-    if isinstance(segmentation, list):  # polygons: one RLE per part, merged
-        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        return mask_utils.frPyObjects(segmentation, height, width)
-    if isinstance(segmentation, dict) and "counts" in segmentation:
-        return segmentation
-    raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """``H x W`` bool mask to a JSON-ready compressed RLE (``counts`` as str)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 @dataclass(frozen=True)
@@ -74,7 +52,7 @@ class Instance:
 
     def mask(self) -> np.ndarray:
         """The ``H x W`` bool ground-truth mask."""
-        return mask_utils.decode(self.rle).astype(bool)
+        return rle_to_mask(self.rle)
 
 
 class EvalDataset:

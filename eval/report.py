@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from effvit_sam.checkpoint import atomic_write
+from effvit_sam.io import atomic_write
 
 
 def file_sha256(path: str | Path | None) -> str | None:

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from effvit_sam.geometry import xywh_to_xyxy
+from effvit_sam.masks import mask_to_rle
+
 from .clicks import Click, clicks_to_arrays, first_click, next_click
 from .coco_metrics import LVIS_MAX_DETS, coco_segm_ap, lvis_segm_ap
-from .datasets import EvalDataset, Instance, load_detections, mask_to_rle, xywh_to_xyxy
+from .datasets import EvalDataset, Instance, load_detections
 from .metrics import InstanceResult, mask_iou, miou_table, size_counts
 from .predictors import BatchPredictor, best_masks
 

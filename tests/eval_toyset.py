@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from eval.datasets import mask_to_rle
+from effvit_sam.masks import mask_to_box_xywh, mask_to_rle
 
 SIZES = {1: (64, 80), 2: (120, 100)}
 
@@ -55,9 +55,8 @@ def toy_masks() -> dict[int, tuple[int, int, np.ndarray, bool]]:
 
 
 def tight_bbox(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-            float(ys.max() - ys.min() + 1)]
+    """The toy set's boxes: the package's one whole-pixel convention."""
+    return mask_to_box_xywh(mask)
 
 
 def write_image(path: Path, image_id: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 
 from effvit_sam import EfficientViTSamAutomaticMaskGenerator, build_sam
 from effvit_sam import automatic as automatic_module
-from effvit_sam.visualize import rle_to_mask
+from effvit_sam.masks import rle_to_mask
 
 from .tiny_sam import smooth_upscaling_, tiny_sam
 
@@ -55,7 +55,11 @@ def test_records_equal_sam_generator(options, monkeypatch):
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         assert set(g) == set(w)
-        for key in w:
+        # SAM's records give w = x1 - x0 of the inclusive extents; ours, the package's one
+        # convention (COCO's, effvit_sam.masks), one whole pixel more. Same box otherwise.
+        x, y, bw, bh = w["bbox"]
+        assert g["bbox"] == [x, y, bw + 1, bh + 1]
+        for key in w.keys() - {"bbox"}:
             assert _same(g[key], w[key]), key
 
 
@@ -88,8 +92,9 @@ def test_records_valid_on_efficientvit_model(tiny_records):
         assert seg.shape == (150, 230) and seg.dtype == bool
         assert r["area"] == int(seg.sum()) > 0
         ys, xs = np.nonzero(seg)
-        # SAM's bbox: XYWH with w = x1 - x0 of the inclusive pixel extents.
-        assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+        # the package's one box convention: whole pixels, w = x1 - x0 + 1 (as COCO's)
+        assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                             ys.max() - ys.min() + 1]
         assert r["stability_score"] >= 0.3
         assert r["crop_box"] == [0, 0, 230, 150]
         (x, y), = r["point_coords"]

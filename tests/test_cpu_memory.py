@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from effvit_sam import cpu_memory
+from effvit_sam.inference import cpu_memory
 
 # Where a freed 64 MiB block's successor lives: inside the brk heap ("[heap]" in /proc/self/maps,
 # memory the process keeps) or in an anonymous mapping of its own (returned to the OS on free).
 SCRIPT = """
 import json, sys
 import torch
-from effvit_sam.cpu_memory import keep_freed_memory, freed_memory_kept
+from effvit_sam.inference.cpu_memory import keep_freed_memory, freed_memory_kept
 
 def heap():
     for line in open("/proc/self/maps"):

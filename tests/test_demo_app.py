@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from effvit_sam.masks import rle_to_mask
 from effvit_sam.visualize import (
     BACKGROUND,
     BOX_COLOR,
     FOREGROUND,
     OUTLINE,
     distinct_colors,
-    rle_to_mask,
 )
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -19,7 +19,8 @@ from demo.prompts import (
     check_click,
     to_predictor_inputs,
 )
-from effvit_sam.visualize import distinct_colors, rle_to_mask
+from effvit_sam.masks import rle_to_mask
+from effvit_sam.visualize import distinct_colors
 
 SIZE = (60, 80)  # (H, W)
 

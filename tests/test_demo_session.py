@@ -13,8 +13,8 @@ from PIL import Image
 from demo.prompts import Box, Point
 from demo.session import DemoBackend, close_session
 from effvit_sam import build_sam
+from effvit_sam.masks import rle_to_mask
 from effvit_sam.predictor import EfficientViTSamPredictor
-from effvit_sam.visualize import rle_to_mask
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,7 @@ from distill.phase1 import run_phase1
 from distill.phase2 import center_click, evaluate_miou, load_decoder_from, run_phase2
 from distill.synthetic_writers import write_sa1b_shards
 from distill.teacher import build_teacher
-from effvit_sam import build_sam
-from effvit_sam.checkpoint import from_pretrained
+from effvit_sam import build_sam, from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from effvit_sam import build_sam
-from effvit_sam.epilogue import FusedConv, FusedResidual, fuse_epilogues
-from effvit_sam.fuse import fuse, fuse_model
+from effvit_sam.inference.epilogue import FusedConv, FusedResidual, fuse_epilogues
+from effvit_sam.inference.fuse import fuse, fuse_model
 from effvit_sam.modeling.blocks import FusedMBConv, MBConv, ResBlock, Residual
 from effvit_sam.modeling.layers import ConvNormAct, gelu_tanh
 

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from effvit_sam.masks import mask_to_rle, segmentation_to_rle
 from eval.clicks import PAD_LABEL, Click, clicks_to_arrays, first_click, next_click
 from eval.coco_metrics import coco_segm_ap, lvis_segm_ap
-from eval.datasets import EvalDataset, load_detections, mask_to_rle, segmentation_to_rle
+from eval.datasets import EvalDataset, load_detections
 from eval.metrics import InstanceResult, mask_iou, miou_table
 
 from .eval_toyset import toy_masks, write_toyset

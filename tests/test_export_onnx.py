@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from effvit_sam import build_sam, geometry
-from effvit_sam import onnx_predictor as onp
-from effvit_sam.export_onnx import (
+from effvit_sam.export import onnx_predictor as onp
+from effvit_sam.export.onnx import (
     DECODER_ATOL,
     DECODER_INPUTS,
     ENCODER_ATOL,
     OnnxDecoder,
     example_decoder_inputs,
     export_onnx,
-    main,
 )
-from effvit_sam.fuse import fuse
+from effvit_sam.inference.fuse import fuse
+from effvit_sam.tools.export import main
 
 from .test_fuse import randomise_bn
 
@@ -128,37 +128,43 @@ def test_decoder_graph_matches_model_decode(tiny, exported: dict, case: str) -> 
     np.testing.assert_allclose(t_masks.numpy(), expected_masks, atol=1e-4, rtol=0)
 
 
-def test_numpy_geometry_twins_match_geometry() -> None:
-    assert (onp.PROMPT_FRAME, onp.LOW_RES_MASK_SIZE) == (geometry.PROMPT_FRAME,
-                                                         geometry.LOW_RES_MASK_SIZE)
-    assert (onp.PIXEL_MEAN, onp.PIXEL_STD) == (geometry.PIXEL_MEAN, geometry.PIXEL_STD)
+def test_geometry_numpy_core_matches_torch_functions() -> None:
+    """The onnxruntime predictor's numpy transforms (geometry's numpy core) give the numbers of
+    the torch functions the PyTorch predictor uses."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (37, 61, 3), dtype=np.uint8)
     for size in (256, 512):
-        np.testing.assert_allclose(onp.preprocess_image(image, size),
+        np.testing.assert_allclose(geometry.preprocess_image_numpy(image, size),
                                    geometry.preprocess_image(image, size).numpy(), atol=1e-6)
-    for h, w in ((37, 61), (1000, 7), (480, 640)):
-        assert onp.preprocess_shape(h, w, 1024) == geometry.preprocess_shape(h, w, 1024)
     pts = rng.uniform(0, 60, (5, 2))
     np.testing.assert_allclose(onp.apply_coords(pts, (37, 61)),
-                               geometry.apply_coords(pts, (37, 61)), rtol=1e-6)
+                               geometry.apply_coords(torch.from_numpy(pts), (37, 61)).numpy(),
+                               rtol=1e-6)
     low = rng.standard_normal((3, 256, 256)).astype(np.float32)
     for original in ((37, 61), (300, 200)):
         input_size = geometry.preprocess_shape(*original, 1024)
         expected = geometry.postprocess_masks(torch.from_numpy(low)[None], input_size,
                                               original)[0].numpy()
-        np.testing.assert_allclose(onp.postprocess_masks(low, input_size, original), expected,
-                                   atol=1e-4)
+        np.testing.assert_allclose(geometry.postprocess_masks_numpy(low, input_size, original),
+                                   expected, atol=1e-4)
 
 
 def test_bilinear_matrix_hand_computed() -> None:
     # 2 -> 4 pixels, half-pixel centres: sources -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped).
-    np.testing.assert_allclose(onp._bilinear_matrix(2, 4),
+    np.testing.assert_allclose(geometry._bilinear_matrix(2, 4),
                                [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
 
 
+def test_geometry_imports_without_torch() -> None:
+    code = ("import sys, effvit_sam.geometry, effvit_sam.masks, effvit_sam.io; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_onnx_predictor_imports_without_torch() -> None:
-    code = ("import sys, effvit_sam.onnx_predictor as p; "
+    code = ("import sys, effvit_sam.export.onnx_predictor as p; "
             "assert 'torch' not in sys.modules, 'torch imported'; print(p.OnnxSamPredictor)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from effvit_sam import build_sam
-from effvit_sam.fast_convs import GemmConv1x1, WinogradConv3x3, convert_convs, winograd_weights
-from effvit_sam.fuse import fuse
+from effvit_sam.inference.convs import GemmConv1x1, WinogradConv3x3, convert_convs, winograd_weights
+from effvit_sam.inference.fuse import fuse
 
 CL = torch.channels_last
 

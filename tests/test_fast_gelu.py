@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from effvit_sam import build_sam, fast_gelu
-from effvit_sam.epilogue import FusedConv, use_compiled_gelu
-from effvit_sam.fastpath import FastPathOptions, optimize_for_inference
+from effvit_sam import build_sam
+from effvit_sam.inference import gelu as fast_gelu
+from effvit_sam.inference.epilogue import FusedConv, use_compiled_gelu
+from effvit_sam.inference.optimize import FastPathOptions, optimize_for_inference
 
 needs_compiler = pytest.mark.skipif(not fast_gelu.cxx_compiler_available(),
                                     reason="inductor needs a C++ compiler")
@@ -40,7 +41,7 @@ def test_a_failed_compile_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(fast_gelu._state, "failed", False)
     x = torch.randn(3, 5)
     expected = F.gelu(x, approximate="tanh")
-    with caplog.at_level(logging.WARNING, logger="effvit_sam.fast_gelu"):
+    with caplog.at_level(logging.WARNING, logger="effvit_sam.inference.gelu"):
         out = fast_gelu.gelu_tanh_(x)
     assert torch.equal(out, expected)  # PyTorch's own kernel
     assert fast_gelu._state["failed"] and "no C++ compiler found" in caplog.text

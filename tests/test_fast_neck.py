@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from effvit_sam import build_sam
-from effvit_sam.fast_neck import (
+from effvit_sam.inference.fuse import fuse
+from effvit_sam.inference.neck import (
     FusedLayerNorm2d,
     FusedSamNeck,
     add_resized_,
     fuse_neck,
     resize_matrix,
 )
-from effvit_sam.fuse import fuse
 from effvit_sam.modeling.layers import LayerNorm2d
 
 CL = torch.channels_last

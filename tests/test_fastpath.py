@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from effvit_sam import build_sam
-from effvit_sam.fastpath import FastImageEncoder, FastPathOptions, optimize_for_inference
+from effvit_sam.inference.optimize import FastImageEncoder, FastPathOptions, optimize_for_inference
 from effvit_sam.modeling import EfficientViTSam
 
 from .test_fuse import randomise_bn
@@ -80,7 +80,7 @@ def test_conv_rewrites_match_eager(tiny: EfficientViTSam, options: FastPathOptio
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # The tiny model is narrower than the default thresholds; lower them so every eligible conv
     # of it is rewritten, and check the rewrite really happened.
-    from effvit_sam import fast_convs
+    from effvit_sam.inference import convs as fast_convs
 
     monkeypatch.setattr(fast_convs, "WINOGRAD_MIN_CHANNELS", 8)
     monkeypatch.setattr(fast_convs, "GEMM_MIN_IN_CHANNELS", 16)
@@ -97,7 +97,7 @@ def test_compiled_encoder_matches_eager(tiny: EfficientViTSam,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # Inductor with weight freezing (CPU): the first call compiles (slow on 2 cores). The
     # Winograd and GEMM rewrites are forced onto the tiny model so they are compiled too.
-    from effvit_sam import fast_convs
+    from effvit_sam.inference import convs as fast_convs
 
     monkeypatch.setattr(fast_convs, "WINOGRAD_MIN_CHANNELS", 8)
     monkeypatch.setattr(fast_convs, "GEMM_MIN_IN_CHANNELS", 16)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from effvit_sam import build_sam
-from effvit_sam.fastpath_accuracy import OPTION_SETS, main, markdown, measure
+from effvit_sam.tools.fastpath_accuracy import OPTION_SETS, main, markdown, measure
 
 
 def test_measure_exact_and_lossy_options() -> None:

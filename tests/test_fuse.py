@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from effvit_sam import build_sam, list_models
-from effvit_sam.fuse import fuse, fuse_conv_bn, fuse_model
+from effvit_sam.inference.fuse import fuse, fuse_conv_bn, fuse_model
 from effvit_sam.modeling.blocks import EfficientViTBlock, FusedMBConv, LiteMLA, MBConv, ResBlock
 from effvit_sam.modeling.encoder import SamNeck
 from effvit_sam.modeling.layers import ConvNormAct, gelu_tanh

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from effvit_sam import build_sam
-from effvit_sam.fastpath import FastPathOptions, optimize_for_inference
+from effvit_sam.inference.optimize import FastPathOptions, optimize_for_inference
 
 from .conftest import deterministic_model, parity_fixture
 
 pytest.importorskip("torchao", reason="int8 needs the 'quant' extra (torchao)")
 
-from effvit_sam.quantize import quantize_encoder_int8  # noqa: E402
+from effvit_sam.inference.quantize import quantize_encoder_int8  # noqa: E402
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -11,8 +11,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from effvit_sam import EfficientViTSamPredictor, build_sam, cli
-from effvit_sam.segment_cli import main
-from effvit_sam.visualize import FOREGROUND, rle_to_mask
+from effvit_sam.masks import rle_to_mask
+from effvit_sam.tools.segment import main
+from effvit_sam.visualize import FOREGROUND
 
 TINY = ["--model", "efficientvit-sam-tiny", "--random-weights"]
 

@@ -7,15 +7,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from effvit_sam.visualize import (
-    BACKGROUND,
-    BOX_COLOR,
-    FOREGROUND,
-    distinct_colors,
-    mask_to_rle,
-    overlay_masks,
-    rle_to_mask,
-)
+from effvit_sam.masks import mask_to_rle, rle_to_mask
+from effvit_sam.visualize import BACKGROUND, BOX_COLOR, FOREGROUND, distinct_colors, overlay_masks
 
 
 def _masks() -> np.ndarray:

@@ -1,6 +1,7 @@
 """ONNX export: an encoder graph (dynamic batch) and a SAM-style decoder graph (dynamic points).
 
-``effvit-sam export-onnx --model l0 --checkpoint PATH --out DIR`` writes ``DIR/encoder.onnx`` and
+``effvit-sam export-onnx --model l0 --checkpoint PATH --out DIR`` (:mod:`effvit_sam.tools.export`)
+writes ``DIR/encoder.onnx`` and
 ``DIR/decoder.onnx``, checks both with onnxruntime against PyTorch on the same inputs and prints
 the largest differences.
 
@@ -23,7 +24,6 @@ set needs no expansion. ``tests/test_export_onnx.py`` checks the operator types.
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 from pathlib import Path
@@ -33,10 +33,10 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import nn
 
-from .checkpoint import atomic_write
-from .fuse import fuse
-from .geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
-from .modeling import EfficientViTSam
+from ..geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
+from ..inference.fuse import fuse
+from ..io import atomic_write
+from ..modeling import EfficientViTSam
 
 log = logging.getLogger(__name__)
 
@@ -205,25 +205,3 @@ def verify_onnx(model: EfficientViTSam, decoder: OnnxDecoder, encoder_path: Path
                            f"(atol {ENCODER_ATOL}), decoder {decoder_diff:.3g} "
                            f"(atol {DECODER_ATOL})")
     return {"encoder_max_abs_diff": encoder_diff, "decoder_max_abs_diff": decoder_diff}
-
-
-def main(argv: list[str]) -> int:
-    """``effvit-sam export-onnx --model NAME [--checkpoint PATH] --out DIR [--no-verify]``."""
-    from .build import build_sam, list_models
-
-    parser = argparse.ArgumentParser(prog="effvit-sam export-onnx", description=__doc__.split(
-        "\n")[0])
-    parser.add_argument("--model", required=True, help=f"one of {', '.join(list_models())}")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="official or save_pretrained checkpoint (default: random weights)")
-    parser.add_argument("--out", type=Path, required=True, help="directory for the two graphs")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the onnxruntime vs PyTorch check")
-    args = parser.parse_args(argv)
-    if args.checkpoint is None:
-        log.warning("no --checkpoint: exporting randomly initialised weights")
-    model = build_sam(args.model, checkpoint=args.checkpoint).eval()
-    result = export_onnx(model, args.out, verify=not args.no_verify)
-    for key, value in result.items():
-        print(f"{key}: {value}")
-    return 0

@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from .modeling.layers import ConvNormAct
+from ..modeling.layers import ConvNormAct
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -93,9 +93,9 @@ def fuse_model(model: M, *, epilogues: bool = True) -> M:
 
     Every BatchNorm folded into its convolution (:func:`fuse`) and, with ``epilogues`` (the
     default), every activation and residual add after a convolution moved into that
-    convolution's oneDNN epilogue on CPU (:mod:`effvit_sam.epilogue`; plain ops on other devices,
-    under autograd, tracing, export and ``torch.compile``). Outputs equal the eval-mode outputs of
-    ``model`` up to float32 rounding. ``epilogues=False`` is :func:`fuse`.
+    convolution's oneDNN epilogue on CPU (:mod:`effvit_sam.inference.epilogue`; plain ops on
+    other devices, under autograd, tracing, export and ``torch.compile``). Outputs equal the
+    eval-mode outputs of ``model`` up to float32 rounding. ``epilogues=False`` is :func:`fuse`.
     """
     fused = fuse(model)
     if epilogues:

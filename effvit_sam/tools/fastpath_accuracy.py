@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fastpath import FastPathOptions, optimize_for_inference
-from .modeling import EfficientViTSam
+from ..inference.optimize import FastPathOptions, optimize_for_inference
+from ..modeling import EfficientViTSam
 
 _E = FastPathOptions.eager()
 OPTION_SETS: dict[str, FastPathOptions] = {
@@ -129,8 +129,8 @@ def _image(path: Path | None) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:
-    from .build import build_sam
-    from .geometry import preprocess_image
+    from ..build import build_sam
+    from ..geometry import preprocess_image
 
     args = parse_args(argv)
     if args.threads:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import CheckpointError, atomic_write
+from ..checkpoint import CheckpointError
+from ..io import atomic_write
 
 logger = logging.getLogger(__name__)
 PROG = "effvit-sam segment"
@@ -89,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(name: str, checkpoint: Path | None, random_weights: bool):
     """The model from ``checkpoint``, the local HF cache, or random weights (explicitly)."""
-    from .build import build_sam
-    from .checkpoint import from_pretrained
+    from ..build import build_sam, from_pretrained
 
     if checkpoint is not None:
         return build_sam(name, checkpoint=checkpoint)
@@ -107,11 +107,9 @@ def load_model(name: str, checkpoint: Path | None, random_weights: bool):
 
 
 def _segment_prompts(predictor, args) -> tuple[list[dict], np.ndarray]:
-    """Records (COCO RLE; ``bbox`` XYWH as the mask generator writes it) and the masks to draw
-    (the best-scoring candidate of each prompt)."""
-    from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
-
-    from .visualize import mask_to_rle
+    """Records (COCO RLE, whole-pixel XYWH ``bbox``: :mod:`effvit_sam.masks`) and the masks to
+    draw (the best-scoring candidate of each prompt)."""
+    from ..masks import mask_to_box_xywh, mask_to_rle
 
     points = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
     labels = np.array([p[2] for p in args.point]) if args.point else None
@@ -122,11 +120,10 @@ def _segment_prompts(predictor, args) -> tuple[list[dict], np.ndarray]:
     records, drawn = [], []
     for i in range(len(masks)):
         drawn.append(masks[i, int(np.argmax(scores[i]))])
-        boxes_xyxy = batched_mask_to_box(torch.from_numpy(masks[i]))
         for j in range(masks.shape[1]):
             records.append({"segmentation": mask_to_rle(masks[i, j]),
                             "area": int(masks[i, j].sum()),
-                            "bbox": box_xyxy_to_xywh(boxes_xyxy[j]).tolist(),
+                            "bbox": mask_to_box_xywh(masks[i, j]),
                             "predicted_iou": float(scores[i, j]), "prompt_index": i,
                             "candidate": j})
     return records, np.stack(drawn)
@@ -141,9 +138,10 @@ def _write_overlay(path: Path, picture: np.ndarray) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .automatic import EfficientViTSamAutomaticMaskGenerator
-    from .predictor import EfficientViTSamPredictor
-    from .visualize import overlay_masks, rle_to_mask
+    from ..automatic import EfficientViTSamAutomaticMaskGenerator
+    from ..masks import rle_to_mask
+    from ..predictor import EfficientViTSamPredictor
+    from ..visualize import overlay_masks
 
     if args.everything == bool(args.point or args.box):
         raise ValueError("give prompts (--point/--box) or --everything, exactly one of the two")

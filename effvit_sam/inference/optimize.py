@@ -4,24 +4,24 @@ Every option is a field of :class:`FastPathOptions`; :meth:`FastPathOptions.auto
 that measurably helps on a device type (figures in the README's speed section). Each option is
 tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py``:
 
-* ``fold_bn`` - BatchNorm folded into convolutions (:func:`effvit_sam.fuse.fuse`); exact up to
-  float32 rounding (embeddings within 1e-4).
+* ``fold_bn`` - BatchNorm folded into convolutions (:func:`effvit_sam.inference.fuse.fuse`);
+  exact up to float32 rounding (embeddings within 1e-4).
 * ``fuse_epilogues`` - each conv's activation and residual add done in place in the conv's output
-  buffer (:mod:`effvit_sam.epilogue`): no activation-sized allocation per GELU or add, the same
-  kernels, bit-identical results.
+  buffer (:mod:`effvit_sam.inference.epilogue`): no activation-sized allocation per GELU or add,
+  the same kernels, bit-identical results.
 * ``channels_last`` - NHWC activations, which oneDNN's depthwise and 1x1 kernels prefer; exact up
   to rounding.
 * ``winograd`` - stride-1 3x3 convolutions with at least 64 channels computed as Winograd
-  F(4x4, 3x3) (:mod:`effvit_sam.fast_convs`): 4x fewer multiplications, about 1e-5 relative
+  F(4x4, 3x3) (:mod:`effvit_sam.inference.convs`): 4x fewer multiplications, about 1e-5 relative
   rounding per convolution instead of 2e-6. Needs ``channels_last``.
 * ``gemm_pointwise`` - 1x1 convolutions with at least 1024 input channels as one GEMM on the
-  NHWC view (:mod:`effvit_sam.fast_convs`), where oneDNN's 1x1 kernel is 2-3x slower. Needs
+  NHWC view (:mod:`effvit_sam.inference.convs`), where oneDNN's 1x1 kernel is 2-3x slower. Needs
   ``channels_last``; exact up to rounding.
 * ``fuse_neck`` - the neck's bicubic upsample-and-sum as two small GEMMs accumulating into one
-  buffer, the final LayerNorm2d as one ``F.layer_norm`` (:mod:`effvit_sam.fast_neck`); exact up
+  buffer, the final LayerNorm2d as one ``F.layer_norm`` (:mod:`effvit_sam.inference.neck`); exact up
   to rounding.
 * ``compiled_gelu`` - each in-place epilogue GELU as one inductor-compiled C++ loop in the
-  ``x * sigmoid(2u)`` form (:mod:`effvit_sam.fast_gelu`): half the time of PyTorch's tanh
+  ``x * sigmoid(2u)`` form (:mod:`effvit_sam.inference.gelu`): half the time of PyTorch's tanh
   kernel, about 5e-7 rounding per element. Needs ``fuse_epilogues`` and a C++ compiler (auto:
   on for CPU when one is found; a failed compile logs a warning and falls back).
 * ``compile`` - ``torch.compile`` (inductor) of the image encoder. On CPU it runs with inductor's
@@ -31,13 +31,15 @@ tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py
   LayerNorm and the bicubic upsampling run in float32 inside the model whatever the autocast
   dtype, as the official model requires. Not used on CPU (no bf16 units on this class of CPU).
 * ``keep_freed_memory`` - make the process reuse freed CPU memory instead of page-faulting fresh
-  memory for every large activation (:mod:`effvit_sam.cpu_memory`; glibc Linux). Process-wide and
-  applied on the first CPU encoder call; it changes no value, only where memory comes from.
+  memory for every large activation (:mod:`effvit_sam.inference.cpu_memory`; glibc Linux).
+  Process-wide and applied on the first CPU encoder call; it changes no value, only where
+  memory comes from.
 * ``int8_encoder`` - static int8 quantisation of the image encoder, calibrated on images the
-  caller passes, compiled by inductor into oneDNN int8 convolutions (:mod:`effvit_sam.quantize`;
-  CPU, needs ``torchao``, opt-in: ``FastPathOptions.int8()``). Not exact: about 6% relative
-  embedding error and 98-99% mask agreement on the reference L0 weights (README;
-  ``effvit-sam fastpath-accuracy`` measures it on yours).
+  caller passes, compiled by inductor into oneDNN int8 convolutions
+  (:mod:`effvit_sam.inference.quantize`; CPU, needs ``torchao``, opt-in:
+  ``FastPathOptions.int8()``). Not exact: about 6% relative embedding error and 98-99% mask
+  agreement on the reference L0 weights (README; ``effvit-sam fastpath-accuracy`` measures it
+  on yours).
 * ``quantize_decoder`` - dynamic int8 quantisation of the mask decoder's ``nn.Linear`` layers
   (CPU only; the encoder has no Linear layers). Changes masks slightly; off by default.
 """
@@ -52,13 +54,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ..modeling import EfficientViTSam
+from .convs import convert_convs
 from .cpu_memory import keep_freed_memory
 from .epilogue import fuse_epilogues, use_compiled_gelu
-from .fast_convs import convert_convs
-from .fast_gelu import cxx_compiler_available
-from .fast_neck import fuse_neck
 from .fuse import fuse
-from .modeling import EfficientViTSam
+from .gelu import cxx_compiler_available
+from .neck import fuse_neck
 
 log = logging.getLogger(__name__)
 

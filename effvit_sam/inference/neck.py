@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling.encoder import EfficientViTImageEncoder, SamNeck, Upsample
+from ..modeling.layers import LayerNorm2d
+from .convs import _channels_last
 from .epilogue import _needs_out_of_place
-from .fast_convs import _channels_last
-from .modeling.encoder import EfficientViTImageEncoder, SamNeck, Upsample
-from .modeling.layers import LayerNorm2d
 
 _MATRICES: dict[tuple, torch.Tensor] = {}
 

@@ -5,7 +5,7 @@ Engines, all in one process on the same weights and inputs:
 * ``eager`` - the model as built: float32 eager PyTorch, the official computation;
 * ``fused`` - :func:`effvit_sam.fuse_model`: BatchNorm folded, activations and residual adds in
   place; nothing else (opt-in: ``--engines``);
-* ``fast`` - :func:`effvit_sam.fastpath.optimize_for_inference` with ``FastPathOptions.auto``;
+* ``fast`` - :func:`effvit_sam.inference.optimize_for_inference` with ``FastPathOptions.auto``;
 * ``fast_direct`` - the fast path with oneDNN's own convolutions, the reference neck and
   PyTorch's GELU (``winograd``, ``gemm_pointwise``, ``fuse_neck`` and ``compiled_gelu`` off),
   to show what those add (opt-in);
@@ -13,7 +13,7 @@ Engines, all in one process on the same weights and inputs:
 * ``int8`` - the compiled fast path with a static int8 encoder (CPU, ``torchao``; calibrated on
   random inputs, which is fine for timing and says nothing of accuracy; opt-in: ``--engines``);
 * ``eager_kept`` - the eager model again, timed after the fast path has made the process keep
-  freed memory (:mod:`effvit_sam.cpu_memory`), to separate that gain from the code's;
+  freed memory (:mod:`effvit_sam.inference.cpu_memory`), to separate that gain from the code's;
 * ``onnx`` - the exported graphs in onnxruntime (``onnx_predictor.OnnxSamPredictor``);
 * ``sam_vit_b`` / ``sam_vit_h`` - ``segment_anything``'s encoders with random weights.
 
@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import logging
 import os
-import platform
-import statistics
 import tempfile
 import threading
 import time
@@ -45,14 +42,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write
-from .cpu_memory import keep_freed_memory
+from ..inference.cpu_memory import keep_freed_memory
+from .bench_report import (
+    SAM_BASELINES,
+    markdown_table,
+    summarise,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("eager", "fused", "fast", "fast_direct", "compiled", "int8", "onnx")
-_KEPT_MEMORY_ENGINES = ("fast", "fast_direct", "compiled", "int8")
-SAM_BASELINES = ("sam_vit_b", "sam_vit_h")
 IMAGE_SIZE = (480, 640)  # the end-to-end image, H x W
 RSS_POLL_S = 0.002
 
@@ -132,8 +132,8 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def _torch_engine(name: str, model, device: torch.device, *, prompts: int) -> Engine:
-    from .modeling import EfficientViTSam
-    from .predictor import EfficientViTSamPredictor
+    from ..modeling import EfficientViTSam
+    from ..predictor import EfficientViTSamPredictor
 
     model = model.to(device).eval()
     # Each engine's model is already what it should time: the predictor must not optimise it
@@ -172,8 +172,8 @@ def _onnx_engine(model, device: torch.device, *, threads: int, prompts: int,
                  workdir: Path) -> Engine:
     import onnxruntime as ort
 
-    from .export_onnx import example_decoder_inputs, export_onnx
-    from .onnx_predictor import OnnxSamPredictor
+    from ..export.onnx import example_decoder_inputs, export_onnx
+    from ..export.onnx_predictor import OnnxSamPredictor
 
     paths = export_onnx(model, workdir, verify=False)
     providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
@@ -194,8 +194,8 @@ def _onnx_engine(model, device: torch.device, *, threads: int, prompts: int,
 
 
 def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path) -> list[Engine]:
-    from .build import build_sam
-    from .fastpath import FastPathOptions, optimize_for_inference
+    from ..build import build_sam
+    from ..inference.optimize import FastPathOptions, optimize_for_inference
 
     model = build_sam(args.model, checkpoint=args.checkpoint).eval()
     engines: list[Engine] = []
@@ -287,107 +287,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 for e in group:
                     for key, fn in tasks(e).items():
                         e.times.setdefault(key, []).append(_timed(fn, device))
-    return _summarise(args, engines, device)
-
-
-def _summarise(args: argparse.Namespace, engines: list[Engine], device: torch.device) -> dict:
-    results = {}
-    for e in engines:
-        med = {k: statistics.median(v) for k, v in e.times.items()}
-        batch_key = f"encoder_b{args.batch}"
-        row = {"setup_s": e.setup_s, "encoder_size": e.encoder_size,
-               "encoder_latency_s_b1": med["encoder_b1"],
-               f"encoder_images_per_s_b{args.batch}": args.batch / med[batch_key]
-               if batch_key in med else None,
-               "end_to_end_s": med.get("end_to_end"),
-               "peak_encoder_memory_mb": e.peak_mb.get(batch_key, e.peak_mb.get("encoder_b1", 0.0)),
-               "all_times_s": e.times}
-        if "decode_one_per_call" in med:
-            row["decoder_prompts_per_s_one_per_call"] = args.prompts / med["decode_one_per_call"]
-        if "decode_batched" in med:
-            row["decoder_prompts_per_s_batched"] = args.prompts / med["decode_batched"]
-        results[e.name] = row
-    ratios = {}
-    base = results.get("eager")
-    kept = results.get("eager_kept")
-    for name, row in results.items():
-        if base is not None and name not in ("eager", *SAM_BASELINES):
-            ratios[f"{name}_speedup_vs_eager"] = (base["encoder_latency_s_b1"]
-                                                  / row["encoder_latency_s_b1"])
-        if kept is not None and name in _KEPT_MEMORY_ENGINES:
-            # The code's own gain, with the allocator gain taken out.
-            ratios[f"{name}_speedup_vs_eager_kept"] = (kept["encoder_latency_s_b1"]
-                                                       / row["encoder_latency_s_b1"])
-        for sam in SAM_BASELINES:
-            if sam in results and name not in SAM_BASELINES:
-                ratios[f"{name}_speedup_vs_{sam}"] = (results[sam]["encoder_latency_s_b1"]
-                                                      / row["encoder_latency_s_b1"])
-    return {
-        "config": {"model": args.model, "device": str(device), "threads": args.threads,
-                   "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
-                   "prompts": args.prompts, "engines": args.engines, "sam": args.sam,
-                   "torch": torch.__version__, "machine": platform.processor() or
-                   platform.machine(), "cpus": os.cpu_count()},
-        "results": results,
-        "ratios": ratios,
-    }
-
-
-def markdown_table(report: dict) -> str:
-    """The report as a markdown table: one row per engine, medians and ratios to eager."""
-    cfg = report["config"]
-    b = cfg["batch"]
-    lines = [f"Model `{cfg['model']}` on {cfg['device']}, {cfg['threads']} threads, median of "
-             f"{cfg['runs']} interleaved runs (torch {cfg['torch']}).", "",
-             f"| engine | encoder b1 (s) | x eager | encoder b{b} (img/s) | end-to-end (s) | "
-             "decoder 1/call (prompts/s) | decoder batched (prompts/s) | peak mem (MiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    eager = report["results"].get("eager")
-
-    def fmt(v: float | None, spec: str = ".3f") -> str:
-        return "-" if v is None else format(v, spec)
-
-    for name, r in report["results"].items():
-        speed = eager["encoder_latency_s_b1"] / r["encoder_latency_s_b1"] if eager else None
-        lines.append(
-            f"| {name} | {fmt(r['encoder_latency_s_b1'])} | {fmt(speed, '.2f')} | "
-            f"{fmt(r[f'encoder_images_per_s_b{b}'], '.2f')} | {fmt(r['end_to_end_s'])} | "
-            f"{fmt(r.get('decoder_prompts_per_s_one_per_call'), '.1f')} | "
-            f"{fmt(r.get('decoder_prompts_per_s_batched'), '.1f')} | "
-            f"{fmt(r['peak_encoder_memory_mb'], '.0f')} |")
-    if report["ratios"]:
-        lines += ["", "| ratio | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(report: dict, path: Path) -> None:
-    """Encoder batch-1 latency per engine as a PNG bar chart (matplotlib Agg, log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(report["results"])
-    values = [report["results"][n]["encoder_latency_s_b1"] for n in names]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
-    bars = ax.bar(names, values, color="tab:blue")
-    ax.bar_label(bars, [f"{v:.3g}s" for v in values])
-    ax.set_yscale("log")
-    ax.set_ylabel("encoder latency, batch 1 (s)")
-    cfg = report["config"]
-    ax.set_title(f"{cfg['model']} on {cfg['device']} ({cfg['threads']} threads)")
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
-
-
-def write_report(report: dict, out: Path) -> dict[str, Path]:
-    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "png": out / "bench.png"}
-    atomic_write(paths["json"], lambda p: Path(p).write_text(json.dumps(report, indent=2)))
-    atomic_write(paths["markdown"], lambda p: Path(p).write_text(markdown_table(report)))
-    bar_chart(report, paths["png"])
-    return paths
+    return summarise(args, engines, device)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

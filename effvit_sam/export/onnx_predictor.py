@@ -8,9 +8,9 @@
     predictor.set_image(image)                       # H x W x 3 uint8 RGB
     masks, scores, low_res = predictor.predict(points=[[120, 80]], labels=[1])
 
-The resize/normalise/pad and the prompt and mask transforms below are numpy twins of the
-functions in :mod:`effvit_sam.geometry` (which needs torch); ``tests/test_export_onnx.py`` checks
-that each one gives the same numbers as its geometry original.
+The resize/normalise/pad and the prompt and mask transforms are :mod:`effvit_sam.geometry`'s
+numpy core (which imports no torch); ``tests/test_export_onnx.py`` checks that they give the same
+numbers as the torch functions the PyTorch predictor uses.
 """
 
 from __future__ import annotations
@@ -18,81 +18,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-# Constants mirrored from effvit_sam.geometry (kept equal by the tests).
-PROMPT_FRAME = 1024
-LOW_RES_MASK_SIZE = 256
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+from .. import geometry
+from ..geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
+
 MASK_THRESHOLD = 0.0
 
 
-def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """Numpy twin of :func:`effvit_sam.geometry.preprocess_shape`."""
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
-    scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def preprocess_image(image: np.ndarray, encoder_size: int) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB to the ``1 x 3 x S x S`` float32 encoder input.
-
-    Twin of :func:`effvit_sam.geometry.preprocess_image`: PIL bilinear resize of the long side to
-    ``S``, scale to [0, 1], normalise, zero-pad bottom/right.
-    """
-    h, w = image.shape[:2]
-    new_h, new_w = preprocess_shape(h, w, encoder_size)
-    if (new_h, new_w) != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    x = image.astype(np.float32).transpose(2, 0, 1) / np.float32(255)
-    mean = np.asarray(PIXEL_MEAN, dtype=np.float32).reshape(3, 1, 1) / np.float32(255)
-    std = np.asarray(PIXEL_STD, dtype=np.float32).reshape(3, 1, 1) / np.float32(255)
-    out = np.zeros((1, 3, encoder_size, encoder_size), dtype=np.float32)
-    out[0, :, :new_h, :new_w] = (x - mean) / std
-    return out
-
-
 def apply_coords(coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-    """``... x 2`` (x, y) original-frame pixels to the 1024 prompt frame (float32)."""
-    old_h, old_w = original_size
-    new_h, new_w = preprocess_shape(old_h, old_w, PROMPT_FRAME)
-    scale = np.asarray((new_w / old_w, new_h / old_h))
-    return (np.asarray(coords, dtype=np.float64) * scale).astype(np.float32)
-
-
-def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``out x in`` weights of torch's bilinear resize (``align_corners=False``, no antialias)."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    frac = src - i0
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
-    rows = np.arange(out_size)
-    np.add.at(weights, (rows, i0), 1.0 - frac)
-    np.add.at(weights, (rows, i1), frac)
-    return weights.astype(np.float32)
-
-
-def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize the last two axes of ``x`` to ``size`` like ``F.interpolate(mode="bilinear")``."""
-    wy = _bilinear_matrix(x.shape[-2], size[0])
-    wx = _bilinear_matrix(x.shape[-1], size[1])
-    return np.einsum("oh,...hw,pw->...op", wy, x.astype(np.float32), wx, optimize=True)
-
-
-def postprocess_masks(low_res: np.ndarray, input_size: tuple[int, int],
-                      original_size: tuple[int, int]) -> np.ndarray:
-    """``... x 256 x 256`` logits to the original ``H x W`` frame.
-
-    Twin of :func:`effvit_sam.geometry.postprocess_masks`: upscale to the 1024 frame, crop to the
-    image's prompt-frame size, resize to the original size.
-    """
-    masks = resize_bilinear(low_res, (PROMPT_FRAME, PROMPT_FRAME))
-    masks = masks[..., : input_size[0], : input_size[1]]
-    return resize_bilinear(masks, tuple(original_size))
+    """``... x 2`` (x, y) original-frame pixels to the 1024 prompt frame, as float32."""
+    return geometry.apply_coords(coords, original_size).astype(np.float32)
 
 
 class OnnxSamPredictor:
@@ -135,10 +70,10 @@ class OnnxSamPredictor:
         if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
             raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
         image = np.ascontiguousarray(image)
-        x = preprocess_image(image, self.encoder_size)
+        x = geometry.preprocess_image_numpy(image, self.encoder_size)
         self.features = self.encoder.run(None, {"images": x})[0]
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
-        self.input_size = preprocess_shape(*self.original_size, PROMPT_FRAME)
+        self.input_size = geometry.preprocess_shape(*self.original_size, PROMPT_FRAME)
 
     def predict(self, points=None, labels=None, boxes=None, mask_input=None,
                 multimask_output: bool = True,
@@ -216,7 +151,7 @@ class OnnxSamPredictor:
         # Mask 0 is the single-mask output, 1..3 the multimask outputs (MaskDecoder.forward).
         pick = slice(1, None) if multimask_output else slice(0, 1)
         low_res, iou = low_res[0, pick], iou[0, pick]
-        masks = postprocess_masks(low_res, self.input_size, self.original_size)
+        masks = geometry.postprocess_masks_numpy(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, iou, low_res

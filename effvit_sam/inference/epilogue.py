@@ -1,6 +1,6 @@
 """Epilogue fusion: a convolution's activation and residual add done in its output buffer.
 
-After BatchNorm folding (:mod:`effvit_sam.fuse`) every EfficientViT block is a chain of
+After BatchNorm folding (:mod:`effvit_sam.inference.fuse`) every EfficientViT block is a chain of
 ``conv (+ bias) -> GELU`` and ``conv (+ bias) -> + shortcut``. Run as separate out-of-place ops,
 each GELU and each add allocates another activation-sized tensor. On CPU the big ones (32 MiB at
 L0's 128x128 and 64x64 stages) come straight from the OS, and first-touch page faults then cost
@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fast_gelu import gelu_tanh_
-from .modeling.blocks import FusedMBConv, MBConv, ResBlock, Residual
-from .modeling.layers import ConvNormAct
+from ..modeling.blocks import FusedMBConv, MBConv, ResBlock, Residual
+from ..modeling.layers import ConvNormAct
+from .gelu import gelu_tanh_
 
 
 def _in_place(act: nn.Module):
@@ -60,7 +60,7 @@ class FusedConv(nn.Module):
     @classmethod
     def from_conv_norm_act(cls, layer: ConvNormAct) -> FusedConv:
         if not isinstance(layer.norm, nn.Identity):
-            raise ValueError("fold the BatchNorm first (effvit_sam.fuse.fuse)")
+            raise ValueError("fold the BatchNorm first (effvit_sam.inference.fuse.fuse)")
         return cls(layer.conv, layer.act)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,7 +130,7 @@ def fuse_epilogues(module: nn.Module) -> nn.Module:
 
 def use_compiled_gelu(module: nn.Module) -> int:
     """Makes every :class:`FusedConv` under ``module`` whose activation is the tanh GELU apply it
-    with :func:`effvit_sam.fast_gelu.gelu_tanh_` (one compiled in-place loop) instead of
+    with :func:`effvit_sam.inference.gelu.gelu_tanh_` (one compiled in-place loop) instead of
     PyTorch's kernel. The out-of-place fallback is unchanged. Returns how many were switched."""
     count = 0
     for sub in module.modules():
