@@ -251,7 +251,7 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
     try:  # a stopped run closes its progress bar, so its error starts on a line of its own
         while step < cfg.train.steps:
             totals: dict[str, torch.Tensor] = {}
-            # a forward in train mode updates BatchNorm statistics: kept to undo a skipped step's
+            # a forward in train mode updates BatchNorm statistics: a skipped step restores them
             saved_buffers = [b.detach().clone() for b in buffers]
             for micro in range(accum):
                 batch = next(batches)
