@@ -15,7 +15,7 @@ from pathlib import Path
 
 from effvit_sam.errors import UserError
 
-from .config import CONFIG_DIR, TEACHER_KINDS, ModelConfig, TeacherConfig, load_config
+from .config import CONFIG_DIR, TEACHER_KINDS, TeacherConfig, load_config
 
 log = logging.getLogger(__name__)
 PHASE_COMMANDS = {1: "effvit-sam distill", 2: "effvit-sam finetune"}
@@ -119,7 +119,7 @@ def embed_mse_main(argv: list[str]) -> int:
 
     from .cache import expand_urls
     from .evaluate import embedding_mse
-    from .init import build_model
+    from .init import load_init
     from .sa1b import collate_sa1b, sa1b_dataset
     from .teacher import build_teacher
 
@@ -153,7 +153,8 @@ def embed_mse_main(argv: list[str]) -> int:
 
         model = from_pretrained(args.student)
     else:
-        model = build_model(ModelConfig(name=args.student_model, init=args.student))
+        model = build_sam(args.student_model)
+        load_init(model, args.student, what="--student")
     teacher = build_teacher(TeacherConfig(kind=args.teacher_kind, name=args.teacher_name,
                                           checkpoint=args.teacher))
     dataset = sa1b_dataset(expand_urls(args.shards), encoder_size=model.encoder_size,

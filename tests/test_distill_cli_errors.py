@@ -95,6 +95,10 @@ CASES = {
         lambda t: ["finetune", "--config", "smoke_phase2", "--set", f"model.init={t}/none",
                    f"run.out_dir={t}/run"],
         "model.init: no weights file or save_pretrained folder at "),
+    "embed-mse student missing": (
+        lambda t: ["embed-mse", "--shards", str(t / "sa_000000.tar"), "--student",
+                   str(t / "none.pt"), "--teacher", str(t / "teacher")],
+        "--student: no weights file or save_pretrained folder at "),
     "make-shards image size": (
         lambda t: ["make-shards", "--out", str(t), "--num-shards", "1", "--images-per-shard",
                    "1", "--image-size", "3"],
