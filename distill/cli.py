@@ -1,7 +1,9 @@
-"""Thin entry points: ``effvit-sam cache-teacher | distill | finetune`` (and ``python -m distill``).
+"""Thin entry points: ``effvit-sam distill | finetune | cache-teacher | embed-mse | make-shards |
+make-eval-set`` (and ``python -m distill ...``).
 
-They parse arguments, build a config and call the package. Multi-GPU / multi-node runs use the
-same commands under ``accelerate launch`` or ``torchrun`` (see the README).
+They parse arguments, build a config and call the package; errors in what the user passed are
+:class:`~effvit_sam.errors.UserError` (exit code 2, one line). Multi-GPU / multi-node runs use
+the same commands under ``accelerate launch`` or ``torchrun`` (see the README).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import logging
 import os
 from pathlib import Path
 
+from effvit_sam.errors import UserError
+
 from .config import CONFIG_DIR, TEACHER_KINDS, TeacherConfig, load_config
 
 log = logging.getLogger(__name__)
+PHASE_COMMANDS = {1: "effvit-sam distill", 2: "effvit-sam finetune"}
 
 
 def _train_parser(prog: str, what: str) -> argparse.ArgumentParser:
@@ -23,41 +28,38 @@ def _train_parser(prog: str, what: str) -> argparse.ArgumentParser:
                         help=f"a YAML file or a packaged recipe name ({recipes})")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="override config values, e.g. train.lr=1e-4 data.max_masks=8")
-    parser.add_argument("--resume", default=None, metavar="CHECKPOINT|auto",
-                        help="continue a run from its checkpoint.pt ('auto': run.out_dir's)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", default=None, metavar="CHECKPOINT|auto",
+                       help="continue a run from its checkpoint.pt ('auto': run.out_dir's)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start again in a run.out_dir that holds a run, deleting its "
+                       "checkpoint, metrics and pretrained/")
     return parser
 
 
-def _resume_path(resume: str | None, out_dir: str) -> str | None:
-    if resume is None:
-        return None
-    path = Path(out_dir) / "checkpoint.pt" if resume == "auto" else Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-    return str(path)
+def _train_main(phase: int, argv: list[str], what: str) -> int:
+    from .run import run
+
+    args = _train_parser(PHASE_COMMANDS[phase], what).parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    if cfg.phase != phase:
+        raise UserError(f"--config {args.config} is a phase-{cfg.phase} config; run it with "
+                        f"'{PHASE_COMMANDS[cfg.phase]}'")
+    out = run(cfg, resume=args.resume, overwrite=args.overwrite)
+    log.info("phase %d finished: %s", phase, out)
+    return 0
 
 
 def distill_main(argv: list[str]) -> int:
-    """Phase 1: ``effvit-sam distill --config smoke_phase1 [--set ...] [--resume auto]``."""
-    from .phase1 import run_phase1
-
-    args = _train_parser("effvit-sam distill", "phase 1: distil the image encoder").parse_args(argv)
-    cfg = load_config(args.config, args.set)
-    out = run_phase1(cfg, resume=_resume_path(args.resume, cfg.run.out_dir))
-    log.info("phase 1 finished: %s", out)
-    return 0
+    """Phase 1: ``effvit-sam distill --config smoke_phase1 [--set ...] [--resume auto |
+    --overwrite]``."""
+    return _train_main(1, argv, "phase 1: distil the image encoder")
 
 
 def finetune_main(argv: list[str]) -> int:
-    """Phase 2: ``effvit-sam finetune --config smoke_phase2 [--set ...] [--resume auto]``."""
-    from .phase2 import run_phase2
-
-    args = _train_parser("effvit-sam finetune",
-                         "phase 2: fine-tune the whole model").parse_args(argv)
-    cfg = load_config(args.config, args.set)
-    out = run_phase2(cfg, resume=_resume_path(args.resume, cfg.run.out_dir))
-    log.info("phase 2 finished: %s", out)
-    return 0
+    """Phase 2: ``effvit-sam finetune --config smoke_phase2 [--set ...] [--resume auto |
+    --overwrite]``."""
+    return _train_main(2, argv, "phase 2: fine-tune the whole model")
 
 
 def cache_teacher_main(argv: list[str]) -> int:
@@ -116,8 +118,8 @@ def embed_mse_main(argv: list[str]) -> int:
     from effvit_sam.io import atomic_write
 
     from .cache import expand_urls
-    from .phase1 import embedding_mse
-    from .phase2 import load_init
+    from .evaluate import embedding_mse
+    from .init import load_init
     from .sa1b import collate_sa1b, sa1b_dataset
     from .teacher import build_teacher
 
@@ -152,7 +154,7 @@ def embed_mse_main(argv: list[str]) -> int:
         model = from_pretrained(args.student)
     else:
         model = build_sam(args.student_model)
-        load_init(model, args.student)
+        load_init(model, args.student, what="--student")
     teacher = build_teacher(TeacherConfig(kind=args.teacher_kind, name=args.teacher_name,
                                           checkpoint=args.teacher))
     dataset = sa1b_dataset(expand_urls(args.shards), encoder_size=model.encoder_size,
@@ -173,4 +175,68 @@ def embed_mse_main(argv: list[str]) -> int:
     if args.output:
         text = json.dumps(result, indent=2) + "\n"
         atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _check_scene_args(seed: int, image_size: int) -> None:
+    """``--seed`` and ``--image-size`` as the scene generator accepts them, or a UserError."""
+    import numpy as np
+
+    from .synthetic import scene_size
+
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0 (a NumPy seed), got {seed}")
+    try:  # the generator owns the smallest size it can draw a scene at
+        scene_size(np.random.default_rng(0), image_size)
+    except ValueError as err:
+        raise UserError(f"--image-size {image_size} is too small: {err}") from None
+
+
+def make_shards_main(argv: list[str]) -> int:
+    """``effvit-sam make-shards --out DIR --num-shards N --images-per-shard M``."""
+    from .synthetic_writers import write_sa1b_shards
+
+    parser = argparse.ArgumentParser(
+        prog="effvit-sam make-shards",
+        description="Write synthetic scenes as SA-1B tar shards (sa_000000.tar, ...).")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--num-shards", type=_positive, required=True)
+    parser.add_argument("--images-per-shard", type=_positive, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=512,
+                        help="long side of each image in pixels (aspect ratio varies)")
+    args = parser.parse_args(argv)
+    _check_scene_args(args.seed, args.image_size)
+    paths = write_sa1b_shards(args.out, num_shards=args.num_shards,
+                              images_per_shard=args.images_per_shard, seed=args.seed,
+                              image_size=args.image_size)
+    print(f"wrote {len(paths)} shards: {paths[0].parent}/sa_{{000000..{len(paths) - 1:06d}}}.tar")
+    return 0
+
+
+def make_eval_set_main(argv: list[str]) -> int:
+    """``effvit-sam make-eval-set --out DIR --num-images N [--format coco|lvis]``."""
+    from .synthetic_writers import write_eval_set
+
+    parser = argparse.ArgumentParser(
+        prog="effvit-sam make-eval-set",
+        description="Write a synthetic COCO- or LVIS-v1-format validation set.")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--num-images", type=_positive, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=512,
+                        help="long side of each image in pixels (aspect ratio varies)")
+    parser.add_argument("--format", choices=("coco", "lvis"), default="coco")
+    args = parser.parse_args(argv)
+    _check_scene_args(args.seed, args.image_size)
+    path = write_eval_set(args.out, num_images=args.num_images, seed=args.seed,
+                          image_size=args.image_size, fmt=args.format)
+    print(f"wrote {path} (images in {path.parent.parent / 'images'})")
     return 0

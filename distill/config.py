@@ -1,8 +1,10 @@
 """Typed run configs for both phases, loaded from YAML recipes with ``--set`` overrides.
 
 A recipe is a YAML mapping of sections (``model``, ``teacher``, ``data``, ``train``, ``prompts``,
-``run``) onto the dataclasses below. Unknown keys and values of the wrong type raise
-:class:`ValueError` naming the offending key, so a typo never silently trains with a default.
+``run``) onto the dataclasses below. Unknown keys, values of the wrong type, unknown recipes and
+malformed YAML raise :class:`ConfigError` (a :class:`~effvit_sam.errors.UserError`: a CLI exits
+with code 2 and one line) naming the key and the file or ``--set`` override it came from, so a
+typo never silently trains with a default.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ from typing import Any
 
 import yaml
 
+from effvit_sam.errors import UserError
+
+from .losses import DICE_WEIGHT, FOCAL_WEIGHT
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBED_LOSSES = ("mse", "l1", "huber", "cosine")
 MASK_LOSSES = ("focal", "bce")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 TEACHER_KINDS = ("sam", "efficientvit")
+
+
+class ConfigError(UserError):
+    """A recipe or ``--set`` override that does not describe a valid run."""
 
 
 @dataclass
@@ -76,10 +86,13 @@ class TrainConfig:
     mixed_precision: str = "auto"
     embed_loss: str = "mse"
     mask_loss: str = "focal"
-    focal_weight: float = 20.0
+    focal_weight: float = FOCAL_WEIGHT
     """Phase 2: weight of the focal (or BCE) term; SAM's 20:1 with ``dice_weight``."""
-    dice_weight: float = 1.0
+    dice_weight: float = DICE_WEIGHT
     seed: int = 0
+    max_nonfinite_steps: int = 5
+    """Stop the run (exit code 2) after this many consecutive steps whose loss or gradient norm
+    was NaN/inf; each such step is skipped (no weight update) and counted in ``metrics.csv``."""
 
 
 @dataclass
@@ -136,6 +149,7 @@ class Config:
              "train.focal_weight and train.dice_weight must be >= 0, not both 0"),
             (self.train.steps > 0 and self.train.grad_accum > 0,
              "train.steps and train.grad_accum must be positive"),
+            (self.train.max_nonfinite_steps > 0, "train.max_nonfinite_steps must be positive"),
             (self.data.batch_size > 0 and self.data.max_masks > 0,
              "data.batch_size and data.max_masks must be positive"),
             (0.0 <= self.prompts.box_prob <= 1.0, "prompts.box_prob must be in [0, 1]"),
@@ -146,9 +160,9 @@ class Config:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         if not self.data.shards and not self.data.cache:
-            raise ValueError("data.shards (or data.cache, phase 1) must name the training shards")
+            raise ConfigError("data.shards (or data.cache, phase 1) must name the training shards")
         return self
 
     def to_dict(self) -> dict:
@@ -168,13 +182,13 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
                 continue
             try:
                 return _check_type(value, option, key)
-            except ValueError as err:
+            except ConfigError as err:
                 errors.append(str(err))
-        raise ValueError(errors[0])
+        raise ConfigError(errors[0])
     if origin is tuple:
         args = typing.get_args(annotation)
         if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{key} must be a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
         return tuple(_check_type(v, a, key) for v, a in zip(value, args, strict=True))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -183,26 +197,26 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if annotation is bool and not isinstance(value, bool):
-        raise ValueError(f"{key} must be true/false, got {value!r}")
+        raise ConfigError(f"{key} must be true/false, got {value!r}")
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
     if not isinstance(value, annotation):
-        raise ValueError(f"{key} must be {annotation.__name__}, got {type(value).__name__} "
+        raise ConfigError(f"{key} must be {annotation.__name__}, got {type(value).__name__} "
                          f"{value!r}")
     return value
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         where = prefix.rstrip(".") or "the top level"
-        raise ValueError(f"unknown config keys {unknown} in {where}; valid: {sorted(known)}")
+        raise ConfigError(f"unknown config keys {unknown} in {where}; valid: {sorted(known)}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -217,12 +231,26 @@ def config_from_dict(data: dict) -> Config:
     return _build(Config, data, "").validate()
 
 
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML error (1-based, as editors count)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-4"`` to ``(["train", "lr"], 1e-4)``; the value is parsed as YAML."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML "
+                          f"({_yaml_error(err)})") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -234,7 +262,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {text!r}: {part} is not a section")
+                raise ConfigError(f"override {text!r}: {part} is not a section")
         node[path[-1]] = value
     return data
 
@@ -248,12 +276,47 @@ def resolve_recipe(name_or_path: str) -> Path:
     if packaged.is_file():
         return packaged
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    raise FileNotFoundError(f"no config file {name_or_path!r}; packaged recipes: {names}")
+    raise ConfigError(f"--config {name_or_path}: no such file and no packaged recipe of that "
+                      f"name; packaged recipes: {', '.join(names)}")
+
+
+def read_recipe(path: Path) -> dict:
+    """The mapping in a recipe file; malformed YAML names the file, line and column."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML at {_yaml_error(err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    return data
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
-    data = yaml.safe_load(resolve_recipe(name_or_path).read_text()) or {}
-    return config_from_dict(apply_overrides(data, overrides or []))
+    """The validated :class:`Config` of a recipe (name or path) with ``--set`` overrides.
+
+    Errors name their source: the recipe file for its own keys, the override for each
+    ``--set`` (checked one at a time, in order), both for checks across fields.
+    """
+    path = resolve_recipe(name_or_path)
+    data = read_recipe(path)
+    try:
+        _build(Config, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    overrides = list(overrides or [])
+    for i, text in enumerate(overrides):
+        try:
+            _build(Config, apply_overrides(data, overrides[: i + 1]), "")
+        except ConfigError as err:
+            raise ConfigError(f"--set {text}: {err}") from None
+    try:
+        return config_from_dict(apply_overrides(data, overrides))
+    except ConfigError as err:
+        where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def dump_config(cfg: Config) -> str:

@@ -6,7 +6,6 @@ the raw image of each SA-1B sample; both give the same losses up to fp16 roundin
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -14,21 +13,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from effvit_sam import build_sam
-from effvit_sam.modeling import EfficientViTSam
-
 from .cache import cached_dataset, collate_cached, expand_urls
 from .config import Config
-from .engine import Task, train
+from .engine import Task
+from .init import build_model
 from .losses import embedding_loss
-from .teacher import Teacher, build_teacher
-
-log = logging.getLogger(__name__)
-
-
-def raw_images(batch: dict) -> list[np.ndarray]:
-    """The batch's ``image_raw`` (uint8 ``3 x H x W`` tensors) as ``H x W x 3`` arrays."""
-    return [image.permute(1, 2, 0).cpu().numpy() for image in batch["image_raw"]]
+from .teacher import build_teacher, raw_images
 
 
 class DistillStep(nn.Module):
@@ -59,23 +49,6 @@ class DistillStep(nn.Module):
         return loss, {"embed_" + self.loss: loss.detach()}
 
 
-def build_student(cfg: Config) -> EfficientViTSam:
-    """The student model, optionally initialised from ``model.init`` (strictly).
-
-    Phase 1 trains only the image encoder; ``model.decoder_from`` (e.g. the teacher's weights)
-    puts a prompt encoder and mask decoder next to it, so the run's ``pretrained/`` folder is a
-    complete model that can be evaluated before phase 2.
-    """
-    from .phase2 import load_decoder_from, load_init
-
-    model = build_sam(cfg.model.name)
-    if cfg.model.init:
-        load_init(model, cfg.model.init)
-    if cfg.model.decoder_from:
-        load_decoder_from(model, cfg.model.decoder_from)
-    return model
-
-
 def make_phase1_loader(cfg: Config, *, encoder_size: int, epoch: int) -> Iterable[dict]:
     """Batches for one epoch from the cache, or raw SA-1B samples for a live teacher."""
     seed = cfg.train.seed + epoch
@@ -101,7 +74,9 @@ def make_phase1_loader(cfg: Config, *, encoder_size: int, epoch: int) -> Iterabl
 
 
 def phase1_task(cfg: Config, accelerator) -> Task:
-    model = build_student(cfg)
+    """The student (:func:`~distill.init.build_model`), its encoder's distillation step and the
+    loader; a live teacher on the accelerator's device unless ``data.cache`` is set."""
+    model = build_model(cfg.model)
     teacher_fn = None
     if not cfg.data.cache:
         teacher = build_teacher(cfg.teacher, device=accelerator.device, seed=cfg.train.seed)
@@ -110,31 +85,3 @@ def phase1_task(cfg: Config, accelerator) -> Task:
     return Task(model=model, step_module=step,
                 make_loader=lambda epoch: make_phase1_loader(cfg, encoder_size=model.encoder_size,
                                                              epoch=epoch))
-
-
-def run_phase1(cfg: Config, *, resume: str | None = None):
-    if cfg.phase != 1:
-        raise ValueError(f"this is a phase-{cfg.phase} config; run it with 'effvit-sam finetune'")
-    return train(cfg, phase1_task, resume=resume)
-
-
-@torch.no_grad()
-def embedding_mse(encoder: nn.Module, teacher: Teacher, batches: Iterable[dict], *,
-                  max_batches: int | None = None) -> float:
-    """Mean squared error between student and teacher embeddings over ``batches``
-    (SA-1B batches with ``image`` and ``image_raw``), the encoder in eval mode."""
-    was_training = encoder.training
-    encoder.eval()
-    total, count = 0.0, 0
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        device = next(encoder.parameters()).device
-        target = teacher(raw_images(batch)).to(device)
-        student = encoder(batch["image"].to(device))
-        total += float(((student - target) ** 2).mean()) * len(target)
-        count += len(target)
-    encoder.train(was_training)
-    if count == 0:
-        raise ValueError("no batches to measure the embedding MSE on")
-    return total / count

@@ -11,49 +11,20 @@ prediction is added and that prediction's low-res logits are fed back as ``mask_
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from effvit_sam import build_sam
-from effvit_sam.checkpoint import WEIGHTS_NAME, CheckpointError, load_checkpoint, read_state_dict
 from effvit_sam.modeling import EfficientViTSam
 
 from .cache import expand_urls
 from .config import Config, PromptConfig
-from .engine import Task, train
-from .losses import DICE_WEIGHT, FOCAL_WEIGHT, mask_iou, sam_mask_loss
-from .prompts import correction_clicks, jitter_boxes, pixels_to_points, sample_points
-
-log = logging.getLogger(__name__)
-DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
-
-
-def _state_dict_of(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path).expanduser()
-    return read_state_dict(path / WEIGHTS_NAME if path.is_dir() else path)
-
-
-def load_init(model: EfficientViTSam, path: str | Path) -> None:
-    """Load all weights from a ``save_pretrained`` dir, weights file or training checkpoint."""
-    load_checkpoint(model, _state_dict_of(path))
-
-
-def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:
-    """Copy ``prompt_encoder.*`` and ``mask_decoder.*`` from any SAM-family checkpoint
-    (SAM ViT-H's in the EfficientViT-SAM recipe), strictly for those two modules."""
-    state = _state_dict_of(path)
-    for prefix in DECODER_PREFIXES:
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        module = getattr(model, prefix.rstrip("."))
-        if not sub:
-            raise CheckpointError(f"{path} has no {prefix}* weights")
-        load_checkpoint(module, sub)
+from .engine import Task
+from .init import build_model
+from .losses import DICE_WEIGHT, FOCAL_WEIGHT, sam_mask_loss
+from .prompts import correction_clicks, jitter_boxes, sample_points
 
 
 class FinetuneStep(nn.Module):
@@ -140,72 +111,10 @@ def make_phase2_loader(cfg: Config, *, encoder_size: int, epoch: int,
 
 
 def phase2_task(cfg: Config, accelerator) -> Task:
-    model = build_sam(cfg.model.name)
-    if cfg.model.init:
-        load_init(model, cfg.model.init)
-    if cfg.model.decoder_from:
-        load_decoder_from(model, cfg.model.decoder_from)
+    """The whole model (:func:`~distill.init.build_model`), its fine-tuning step and the loader."""
+    model = build_model(cfg.model)
     step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss,
                         focal_weight=cfg.train.focal_weight, dice_weight=cfg.train.dice_weight)
     return Task(model=model, step_module=step,
                 make_loader=lambda epoch: make_phase2_loader(cfg, encoder_size=model.encoder_size,
                                                              epoch=epoch))
-
-
-def run_phase2(cfg: Config, *, resume: str | None = None):
-    if cfg.phase != 2:
-        raise ValueError(f"this is a phase-{cfg.phase} config; run it with 'effvit-sam distill'")
-    return train(cfg, phase2_task, resume=resume)
-
-
-def center_click(masks: torch.Tensor) -> torch.Tensor:
-    """The low-res pixel deepest inside each ``K x H x W`` mask (largest distance to its
-    border), as flat indices ``K``: the usual 1-click evaluation prompt."""
-    from scipy.ndimage import distance_transform_edt
-
-    flat = []
-    for mask in masks.cpu().numpy().astype(bool):
-        dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        flat.append(int(dist.argmax()))
-    return torch.tensor(flat, device=masks.device)
-
-
-@torch.no_grad()
-def evaluate_miou(model: EfficientViTSam, batches: Iterable[dict], *,
-                  clicks: int = 1) -> dict[str, float]:
-    """mIoU over every mask of ``batches`` (SA-1B batches) with box and click prompts.
-
-    Scored at the low-res 256 x 256 prompt frame. ``box``: single-mask output. ``1-click``: the
-    centre click, multimask output, the mask with the highest predicted IoU (as SAM's
-    evaluation does). ``{n}-click`` (``clicks`` > 1): then n - 1 correction clicks from the
-    error region (sampled with a fixed-seed generator), feeding back the previous logits.
-    """
-    was_training = model.training
-    model.eval()
-    scores: dict[str, list[torch.Tensor]] = {"box": [], "1-click": []}
-    generator = torch.Generator().manual_seed(0)
-    for batch in batches:
-        embeddings = model.encode(batch["image"].to(model.device))
-        for i in range(len(embeddings)):
-            masks = batch["masks"][i].to(model.device)
-            if len(masks) == 0:
-                continue
-            emb = embeddings[i: i + 1]
-            logits, _ = model.decode(emb, points=None, boxes=batch["boxes"][i].float().to(
-                model.device), mask_input=None, multimask_output=False)
-            scores["box"].append(mask_iou(logits[:, 0], masks))
-            coords = pixels_to_points(center_click(masks))[:, None]
-            labels = torch.ones(len(masks), 1, dtype=torch.int64, device=model.device)
-            logits, iou = model.decode(emb, points=(coords, labels), boxes=None,
-                                       mask_input=None, multimask_output=True)
-            previous = logits[torch.arange(len(masks)), iou.argmax(1)]
-            scores["1-click"].append(mask_iou(previous, masks))
-            for n in range(2, clicks + 1):
-                click, label = correction_clicks(previous, masks, generator)
-                coords, labels = torch.cat([coords, click], 1), torch.cat([labels, label], 1)
-                logits, _ = model.decode(emb, points=(coords, labels), boxes=None,
-                                         mask_input=previous[:, None], multimask_output=False)
-                previous = logits[:, 0]
-                scores.setdefault(f"{n}-click", []).append(mask_iou(previous, masks))
-    model.train(was_training)
-    return {k: float(torch.cat(v).mean()) for k, v in scores.items() if v}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from effvit_sam.io import atomic_write
 
-SKIP_COLUMNS = ("step", "lr", "grad_norm")
+SKIP_COLUMNS = ("step", "lr", "grad_norm", "skipped")
 
 
 def read_metrics(path: str | Path) -> dict[str, list[float]]:

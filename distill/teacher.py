@@ -20,10 +20,16 @@ from effvit_sam.build import from_pretrained
 from effvit_sam.checkpoint import load_checkpoint, read_state_dict
 from effvit_sam.geometry import preprocess_image
 
-from .config import TeacherConfig
+from .config import ConfigError, TeacherConfig
 
 log = logging.getLogger(__name__)
 SAM_VIT_NAMES = ("vit_b", "vit_l", "vit_h")
+
+
+def raw_images(batch: dict) -> list[np.ndarray]:
+    """A batch's ``image_raw`` (uint8 ``3 x H x W`` tensors) as the ``H x W x 3`` arrays a
+    :class:`Teacher` takes."""
+    return [image.permute(1, 2, 0).cpu().numpy() for image in batch["image_raw"]]
 
 
 class Teacher(nn.Module):
@@ -55,7 +61,7 @@ def _sam_vit(name: str, checkpoint: str | None) -> tuple[nn.Module, int]:
     from segment_anything import sam_model_registry
 
     if name not in SAM_VIT_NAMES:
-        raise ValueError(f"unknown SAM teacher {name!r}; valid: {SAM_VIT_NAMES}")
+        raise ConfigError(f"teacher.name: unknown SAM teacher {name!r}; valid: {SAM_VIT_NAMES}")
     sam = sam_model_registry[name]()  # built without weights: we load strictly ourselves
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
@@ -81,10 +87,10 @@ def build_teacher(cfg: TeacherConfig, *, device: torch.device | str = "cpu",
     which case the weights come from ``torch.manual_seed(seed)`` so every rank builds the same.
     """
     if cfg.checkpoint is None and not cfg.random_init:
-        raise ValueError(f"teacher {cfg.kind}:{cfg.name} needs teacher.checkpoint (set "
+        raise ConfigError(f"teacher {cfg.kind}:{cfg.name} needs teacher.checkpoint (set "
                          "teacher.random_init=true only for smoke runs)")
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).expanduser().exists():
-        raise FileNotFoundError(f"teacher checkpoint not found: {cfg.checkpoint}")
+        raise ConfigError(f"teacher.checkpoint: teacher checkpoint not found: {cfg.checkpoint}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.kind == "sam":

@@ -101,14 +101,33 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
     raise CheckpointError(msg)
 
 
-def load_checkpoint(model: nn.Module,
-                    checkpoint: str | Path | dict[str, torch.Tensor]) -> nn.Module:
-    """Load a checkpoint (path or state dict) into ``model`` strictly; returns ``model``."""
+def first_nonfinite(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """Key of the first floating-point tensor holding a NaN or an infinity, else ``None``."""
+    for key, value in state_dict.items():
+        if (value.is_floating_point() or value.is_complex()) and not bool(
+                torch.isfinite(value).all()):
+            return key
+    return None
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str | Path | dict[str, torch.Tensor], *,
+                    allow_nonfinite: bool = False) -> nn.Module:
+    """Load a checkpoint (path or state dict) into ``model`` strictly; returns ``model``.
+
+    Weights holding NaN or inf (a diverged run's) raise :class:`CheckpointError` naming the
+    file and the first such tensor; ``allow_nonfinite=True`` loads them anyway (debugging).
+    """
     if isinstance(checkpoint, dict):
         state_dict, source = checkpoint, "state dict"
     else:
         state_dict, source = read_state_dict(checkpoint), str(checkpoint)
     check_state_dict(model, state_dict, source=source)
+    if not allow_nonfinite:
+        key = first_nonfinite(state_dict)
+        if key is not None:
+            raise CheckpointError(f"{source} holds non-finite values (NaN or inf), first in "
+                                  f"{key}: the weights of a diverged run? (allow_nonfinite=True "
+                                  "loads them anyway, for debugging)")
     model.load_state_dict(state_dict, strict=True)
     return model
 

@@ -15,9 +15,9 @@ from .errors import run_command
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "segment": ("effvit_sam.tools.segment", "main",
                 "segment an image from points/boxes, or everything"),
-    "make-shards": ("distill.synthetic_cli", "make_shards_main",
+    "make-shards": ("distill.cli", "make_shards_main",
                     "write synthetic scenes as SA-1B tar shards"),
-    "make-eval-set": ("distill.synthetic_cli", "make_eval_set_main",
+    "make-eval-set": ("distill.cli", "make_eval_set_main",
                       "write a synthetic COCO/LVIS-format validation set"),
     "cache-teacher": ("distill.cli", "cache_teacher_main", "cache teacher embeddings as shards"),
     "distill": ("distill.cli", "distill_main", "phase 1: distil the encoder from a teacher"),

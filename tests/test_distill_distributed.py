@@ -73,3 +73,45 @@ def test_two_process_phase2(shards, tmp_path) -> None:
                                            "data.batch_size=1", "data.max_masks=4",
                                            "run.log_keys=true", f"run.out_dir={out}"])
     _check_run(out, keys, steps=2)
+
+
+def test_a_nonfinite_step_on_one_rank_is_skipped_on_both(shards, tmp_path) -> None:
+    """Rank 1's cache holds one NaN teacher embedding: that step's loss is NaN on rank 1 only,
+    and both ranks must skip it (or rank 0 would step alone and the weights drift apart, or a
+    rank wait forever); the run then carries on to the end."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from distill.cache import EMBED_FIELD, cache_teacher, expand_urls
+    from distill.config import TeacherConfig
+    from distill.teacher import build_teacher
+
+    pattern, _ = shards
+    cache = tmp_path / "cache"
+    teacher = build_teacher(TeacherConfig(kind="efficientvit", name="tiny", random_init=True))
+    cache_teacher(teacher, expand_urls(pattern), cache)
+    shard = cache / "sa_000001.tar"  # rank 1 reads shard 1
+    samples = list(iter_tar_samples(shard))
+    emb = np.load(io.BytesIO(samples[0][1][EMBED_FIELD]))
+    buffer = io.BytesIO()
+    np.save(buffer, np.full_like(emb, np.nan))
+    samples[0][1][EMBED_FIELD] = buffer.getvalue()
+    with tarfile.open(shard, "w") as tar:
+        for key, files in samples:
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "p1"
+    _torchrun("distill", "smoke_phase1", [f"data.cache={cache}/sa_{{000000..000001}}.tar",
+                                          "train.steps=4", "data.batch_size=1",
+                                          f"run.out_dir={out}"])
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    skipped = [float(r["skipped"]) for r in rows]
+    assert sum(skipped) == 1  # one epoch: the NaN sample is seen once
+    assert all(r["loss"] == "nan" for r, s in zip(rows, skipped, strict=True) if s)
+    assert (out / "pretrained" / "model.safetensors").is_file()

@@ -20,8 +20,9 @@ import torch
 
 from distill.cache import cache_shard, cache_teacher, expand_urls, iter_tar_samples
 from distill.config import TeacherConfig, load_config
-from distill.phase1 import run_phase1
-from distill.phase2 import center_click, evaluate_miou, load_decoder_from, run_phase2
+from distill.evaluate import center_click, evaluate_miou
+from distill.init import load_decoder_from
+from distill.run import run
 from distill.synthetic_writers import write_sa1b_shards
 from distill.teacher import build_teacher
 from effvit_sam import build_sam, from_pretrained
@@ -90,8 +91,8 @@ def test_cache_skips_and_counts_a_corrupt_image(shards, tmp_path) -> None:
 
 def test_phase1_from_cache_equals_phase1_from_live_teacher(shards, cache, tmp_path) -> None:
     common = [f"data.shards={shards}", "train.steps=2", "data.batch_size=2"]
-    run_phase1(load_config("smoke_phase1", [*common, f"run.out_dir={tmp_path / 'live'}"]))
-    run_phase1(load_config("smoke_phase1", [*common, f"data.cache={cache}",
+    run(load_config("smoke_phase1", [*common, f"run.out_dir={tmp_path / 'live'}"]))
+    run(load_config("smoke_phase1", [*common, f"data.cache={cache}",
                                             f"run.out_dir={tmp_path / 'cached'}"]))
     live = [r["loss"] for r in _metrics(tmp_path / "live")]
     cached = [r["loss"] for r in _metrics(tmp_path / "cached")]
@@ -106,7 +107,7 @@ def test_phase1_smoke_run_halves_the_embedding_loss(cache, tmp_path) -> None:
     cfg = load_config("smoke_phase1", [f"data.cache={cache}", "train.steps=10",
                                        "data.batch_size=2", f"run.out_dir={out}",
                                        "run.save_every=4", "run.tensorboard=true"])
-    run_phase1(cfg)
+    run(cfg)
     losses = [r["embed_mse"] for r in _metrics(out)]
     assert len(losses) == 10
     assert min(losses[-3:]) <= 0.5 * losses[0], losses
@@ -123,7 +124,7 @@ def test_phase1_smoke_run_halves_the_embedding_loss(cache, tmp_path) -> None:
 
 def test_phase2_smoke_run_lowers_the_mask_loss(shards, tmp_path) -> None:
     out = tmp_path / "p2"
-    run_phase2(load_config("smoke_phase2", [f"data.shards={shards}", "train.steps=8",
+    run(load_config("smoke_phase2", [f"data.shards={shards}", "train.steps=8",
                                             "data.max_masks=4", "prompts.iterative_rounds=1",
                                             f"run.out_dir={out}"]))
     rows = _metrics(out)
@@ -153,14 +154,15 @@ def test_kill_and_resume_continues_exactly(shards, tmp_path) -> None:
     overrides = [f"data.shards={shards}", "train.steps=5", "run.save_every=2",
                  "prompts.iterative_rounds=1", "data.batch_size=1", "data.max_masks=2"]
     straight = tmp_path / "straight"
-    run_phase2(load_config("smoke_phase2", [*overrides, f"run.out_dir={straight}"]))
+    run(load_config("smoke_phase2", [*overrides, f"run.out_dir={straight}"]))
     killed = tmp_path / "killed"
-    args = ["finetune", "--config", "smoke_phase2", "--set", *overrides,
+    # log_every=1: every step's row reaches metrics.csv at once, so the kill lands mid-run
+    args = ["finetune", "--config", "smoke_phase2", "--set", *overrides, "run.log_every=1",
             f"run.out_dir={killed}"]
     _run_until_killed(args, killed, kill_after_step=3)
     ckpt = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert 2 <= ckpt["step"] < 5
-    run_phase2(load_config("smoke_phase2", [*overrides, f"run.out_dir={killed}"]),
+    run(load_config("smoke_phase2", [*overrides, f"run.out_dir={killed}"]),
                resume=str(killed / "checkpoint.pt"))
     expected = [r["loss"] for r in _metrics(straight)]
     resumed = [r["loss"] for r in _metrics(killed)]
@@ -211,7 +213,7 @@ def test_embed_mse_command_measures_student_against_teacher(shards, tmp_path) ->
     import json
 
     from distill.cli import embed_mse_main
-    from distill.phase1 import embedding_mse
+    from distill.evaluate import embedding_mse
     from distill.sa1b import collate_sa1b, sa1b_dataset
     from effvit_sam.checkpoint import save_pretrained
 
@@ -248,7 +250,7 @@ def test_phase1_student_takes_the_decoder_from_model_decoder_from(cache, tmp_pat
     donor = build_sam("tiny")
     save_pretrained(donor, tmp_path / "donor")
     out = tmp_path / "p1"
-    run_phase1(load_config("smoke_phase1", [
+    run(load_config("smoke_phase1", [
         f"data.cache={cache}", "train.steps=2", "data.batch_size=2", f"run.out_dir={out}",
         f"model.decoder_from={tmp_path / 'donor'}"]))
     student = from_pretrained(out / "pretrained")

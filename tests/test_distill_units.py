@@ -25,6 +25,7 @@ from distill.prompts import (
     sample_points,
 )
 from distill.teacher import build_teacher
+from effvit_sam.errors import UserError
 
 VARIANTS = ("l0", "l1", "l2", "xl0", "xl1")
 
@@ -312,7 +313,7 @@ def test_loss_plot_is_a_png(tmp_path) -> None:
 def test_teacher_needs_weights_unless_random_init_and_is_frozen(tmp_path) -> None:
     with pytest.raises(ValueError, match="needs teacher.checkpoint"):
         build_teacher(TeacherConfig(kind="efficientvit", name="tiny"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="teacher.checkpoint: teacher checkpoint not found"):
         build_teacher(TeacherConfig(kind="sam", name="vit_b", checkpoint=str(tmp_path / "x")))
     with pytest.raises(ValueError, match="unknown SAM teacher"):
         build_teacher(TeacherConfig(kind="sam", name="vit_q", random_init=True))

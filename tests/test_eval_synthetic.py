@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from distill.synthetic_cli import make_eval_set_main
+from distill.cli import make_eval_set_main
 from eval.cli import main
 from eval.datasets import EvalDataset
 from eval.runner import EvalTask, run_evaluation

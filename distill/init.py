@@ -1,0 +1,66 @@
+"""The model of a run, built once for both phases: ``model.name``, ``model.init`` and
+``model.decoder_from``.
+
+``model.init`` and ``model.decoder_from`` each take a ``save_pretrained`` folder, a weights
+file (``.safetensors``/``.pt``, official ones included) or a training ``checkpoint.pt``. Loading
+is strict (every key, every shape) and refuses NaN/inf weights, so a run never starts from
+weights it did not ask for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from effvit_sam import build_sam
+from effvit_sam.checkpoint import WEIGHTS_NAME, CheckpointError, load_checkpoint, read_state_dict
+from effvit_sam.modeling import EfficientViTSam
+
+from .config import ModelConfig
+
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+
+
+def weights_file(path: str | Path, *, what: str) -> Path:
+    """``path`` itself, or the weights file of a ``save_pretrained`` folder; ``what`` (the
+    config key) names it when it is missing."""
+    path = Path(path).expanduser()
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"{what}: no weights file or save_pretrained folder at {file}")
+    return file
+
+
+def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.init") -> None:
+    """Load all of ``model``'s weights from ``path`` (strictly; errors name the file)."""
+    load_checkpoint(model, weights_file(path, what=what))
+
+
+def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:
+    """Copy ``prompt_encoder.*`` and ``mask_decoder.*`` from any SAM-family checkpoint
+    (SAM ViT-H's in the EfficientViT-SAM recipe), strictly for those two modules."""
+    state = read_state_dict(weights_file(path, what="model.decoder_from"))
+    for prefix in DECODER_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        module = getattr(model, prefix.rstrip("."))
+        if not sub:
+            raise CheckpointError(f"{path} has no {prefix}* weights")
+        try:
+            load_checkpoint(module, sub)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path} ({prefix}*): {err}") from None
+
+
+def build_model(cfg: ModelConfig) -> EfficientViTSam:
+    """``build_sam(cfg.name)``, then ``cfg.init`` (all weights), then ``cfg.decoder_from``.
+
+    Phase 1 trains only the image encoder; ``decoder_from`` (e.g. the teacher's weights) puts a
+    prompt encoder and mask decoder next to it, so the run's ``pretrained/`` folder is a
+    complete model that can be evaluated before phase 2. Random weights are drawn from the
+    global torch RNG, which the engine seeds with ``train.seed`` first.
+    """
+    model = build_sam(cfg.name)
+    if cfg.init:
+        load_init(model, cfg.init)
+    if cfg.decoder_from:
+        load_decoder_from(model, cfg.decoder_from)
+    return model
