@@ -199,13 +199,24 @@ def _check_scene_args(seed: int, image_size: int) -> None:
         raise UserError(f"--image-size {image_size} is too small: {err}") from None
 
 
+CONVERT_SOURCES = ("--from-coco", "--from-lvis", "--from-masks")
+
+
 def make_shards_main(argv: list[str]) -> int:
-    """``effvit-sam make-shards --out DIR --num-shards N --images-per-shard M``."""
+    """``effvit-sam make-shards --out DIR --num-shards N --images-per-shard M`` (made scenes), or
+    ``--from-coco ANN --images DIR`` / ``--from-lvis`` / ``--from-masks DIR`` (your own data,
+    :mod:`distill.convert`)."""
     from .synthetic_writers import write_sa1b_shards
+
+    if any(a.split("=")[0] in CONVERT_SOURCES for a in argv):
+        from .convert import convert_main
+
+        return convert_main(argv)
 
     parser = argparse.ArgumentParser(
         prog="effvit-sam make-shards",
-        description="Write synthetic scenes as SA-1B tar shards (sa_000000.tar, ...).")
+        description="Write synthetic scenes as SA-1B tar shards (sa_000000.tar, ...); with "
+                    "--from-coco/--from-lvis/--from-masks, convert your own data instead.")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--num-shards", type=_positive, required=True)
     parser.add_argument("--images-per-shard", type=_positive, required=True)

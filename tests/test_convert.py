@@ -192,3 +192,16 @@ def test_missing_inputs_named(tmp_path: Path) -> None:
         convert_coco(tmp_path / "nope.json", tmp_path, tmp_path / "out")
     with pytest.raises(UserError, match="images/ and masks/"):
         convert_mask_folder(tmp_path, tmp_path / "out")
+
+
+def test_make_shards_command_converts(coco_set, tmp_path: Path, capsys) -> None:
+    from effvit_sam.cli import main
+
+    ann_path, images, _ = coco_set
+    code = main(["make-shards", "--from-coco", str(ann_path), "--images", str(images),
+                 "--out", str(tmp_path / "out"), "--images-per-shard", "2"])
+    assert code == 0
+    assert "3 images, 4 masks in 2 shards" in capsys.readouterr().out
+    assert main(["make-shards", "--from-coco", str(tmp_path / "nope.json"), "--images",
+                 str(images), "--out", str(tmp_path / "x")]) == 2
+    assert "annotation file not found" in capsys.readouterr().err
