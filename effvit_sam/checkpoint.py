@@ -104,16 +104,17 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
         return
     cfg: SamConfig | None = getattr(model, "config", None)
     target = cfg.name if cfg is not None else type(model).__name__
-    msg = f"{source} does not fit {target}:"
+    msg = f"{source} does not fit {target}"
+    other = match_variant(state_dict)
+    # The variant first: on the command line the first line is the one people read.
+    msg += (f": this is a checkpoint of {other}: build that variant instead (--model {other})"
+            if other is not None else ":")
     if missing:
         msg += _listing("missing keys", missing)
     if unexpected:
         msg += _listing("unexpected keys", unexpected)
     if shapes:
         msg += _listing("shape mismatches", shapes)
-    other = match_variant(state_dict)
-    if other is not None:
-        msg += f"\n  this is a checkpoint of {other}: build that variant instead"
     raise CheckpointError(msg)
 
 
