@@ -15,8 +15,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from effvit_sam import list_models
 from effvit_sam.errors import UserError
 from effvit_sam.io import read_json
@@ -126,15 +124,14 @@ def _check_settings(args: argparse.Namespace) -> tuple[EvalTask, EvalDataset]:
     return task, dataset
 
 
-def inference_settings(fast: bool, device: torch.device) -> dict:
-    """``{"fast": bool, "options": FastPathOptions as a dict, or None}`` for the report."""
-    if not fast:
+def inference_settings(options) -> dict:
+    """``{"fast": bool, "options": the FastPathOptions as a dict, or None}`` for the report
+    (``options`` is ``None`` for the reference eager float32 computation)."""
+    if options is None:
         return {"fast": False, "options": None}
-    from effvit_sam.inference import FastPathOptions
-
-    options = dataclasses.asdict(FastPathOptions.auto(device))
+    fields = dataclasses.asdict(options)
     return {"fast": True, "options": {k: v if v is None or isinstance(v, (bool, int, float, str))
-                                      else str(v) for k, v in options.items()}}
+                                      else str(v) for k, v in fields.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     model, weights = resolve_model(args.model, checkpoint=args.checkpoint,
                                    random_weights=args.random_weights, device=device,
                                    seed=args.seed)
-    inference = inference_settings(args.fast, device)
+    options = None
     if args.fast:
-        from effvit_sam.inference import optimize_for_inference
+        from effvit_sam.inference import FastPathOptions, optimize_for_inference
 
-        model = optimize_for_inference(model, device=device)
+        options = FastPathOptions.auto(device)
+        model = optimize_for_inference(model, device=device, options=options)
+    inference = inference_settings(options)
     # The predictor runs the model as given: eager float32 unless --fast built the fast path.
     predictor = SamBatchPredictor(model, device=device, max_prompts=args.max_prompts, fast=False)
     if accelerator.is_main_process:
@@ -185,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(format_table(settings, summary))
     print(weights.description)
-    print("inference: " + ("fast path, FastPathOptions.auto: " + ", ".join(
-        k for k, v in inference["options"].items() if v is True) if args.fast
-        else "reference eager float32 (the official computation)"))
+    if options is None:
+        print("inference: reference eager float32 (the official computation)")
+    else:
+        enabled = [k for k, v in inference["options"].items() if v is True]
+        print(f"inference: fast path, FastPathOptions.auto: {', '.join(enabled)}")
     print(markdown_row(settings, summary))
     if args.output:
         write_report(args.output, settings, summary)
