@@ -209,7 +209,10 @@ def run(args: argparse.Namespace) -> int:
                "model": weights.model, "weights": weights.to_dict(),
                "mode": "everything" if args.everything else "prompts",
                "annotations": records}
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(doc)))
+        try:
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(doc)))
+        except OSError as err:
+            raise UserError(f"--json {args.json}: could not write the masks ({err})") from None
     print(f"{len(records)} masks; overlay written to {output}"
           + (f", masks to {args.json}" if args.json else ""))
     return 0
