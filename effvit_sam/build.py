@@ -11,6 +11,7 @@ from .checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     CheckpointError,
+    CheckpointNotFoundError,
     load_checkpoint,
     read_pretrained_config,
 )
@@ -37,7 +38,19 @@ def build_sam(name: str | SamConfig, *, checkpoint: str | Path | None = None,
 
 
 def _from_directory(directory: Path) -> EfficientViTSam:
-    return build_sam(read_pretrained_config(directory), checkpoint=directory / WEIGHTS_NAME)
+    cfg = read_pretrained_config(directory)
+    if not (directory / WEIGHTS_NAME).is_file():
+        raise CheckpointNotFoundError(f"{directory} is not a save_pretrained folder: no "
+                                      f"{WEIGHTS_NAME}")
+    return build_sam(cfg, checkpoint=directory / WEIGHTS_NAME)
+
+
+def _is_local_path(name_or_path: str | Path) -> bool:
+    """A ``Path``, or an absolute, ``~``, ``./`` or ``../`` string: never a hub repo id or a
+    model name."""
+    text = str(name_or_path)
+    return (isinstance(name_or_path, Path) or Path(text).is_absolute()
+            or text.startswith(("~", "./", "../", ".\\", "..\\")))
 
 
 def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = None,
@@ -51,6 +64,11 @@ def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _from_directory(path)
+    if path.is_file():
+        raise CheckpointError(f"{name_or_path} is a file, not a save_pretrained directory (load "
+                              "a weights file with build_sam(name, checkpoint=PATH))")
+    if _is_local_path(name_or_path):
+        raise CheckpointNotFoundError(f"no such directory: {name_or_path}")
     try:
         name = resolve_name(str(name_or_path))
     except KeyError:
@@ -65,7 +83,7 @@ def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = 
             file = hf_hub_download(HUB_REPO_ID, hub_file, cache_dir=cache_dir,
                                    local_files_only=local_files_only)
         except Exception as err:
-            raise FileNotFoundError(
+            raise CheckpointNotFoundError(
                 f"could not fetch {hub_file} from the hub repo {HUB_REPO_ID} ({err}). Download it "
                 f"from https://huggingface.co/{HUB_REPO_ID} and pass its path as "
                 f"build_sam({name!r}, checkpoint=PATH), or place it in the Hugging Face cache."
@@ -78,7 +96,8 @@ def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = 
             hf_hub_download(str(name_or_path), WEIGHTS_NAME, cache_dir=cache_dir,
                             local_files_only=local_files_only)
         except Exception as err:
-            raise FileNotFoundError(f"could not fetch {name_or_path} from the hub: {err}") from err
+            raise CheckpointNotFoundError(f"{name_or_path} is no local directory and could not "
+                                          f"be fetched from the hub: {err}") from err
         return _from_directory(Path(cfg_file).parent)
-    raise FileNotFoundError(f"{name_or_path} is neither a directory, a model name "
-                            f"({', '.join(MODEL_CONFIGS)}) nor a hub repo id")
+    raise CheckpointNotFoundError(f"{name_or_path} is neither a directory, a model name "
+                                  f"({', '.join(MODEL_CONFIGS)}) nor a hub repo id")

@@ -27,15 +27,31 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that does not fit the model it is loaded into, or cannot be read."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint file or folder that does not exist (a ``FileNotFoundError`` too)."""
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth`` (CPU, ``weights_only``)."""
+    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth`` (CPU, ``weights_only``).
+
+    A missing file raises :class:`CheckpointNotFoundError`; a corrupt file, a pickle that is
+    not weights-only, or a payload that is not a dict of tensors :class:`CheckpointError`, each
+    naming the path.
+    """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a weights file (a "
+                              f"save_pretrained folder's weights are {path / WEIGHTS_NAME})")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"could not read {path} as a safetensors file: {err}") from err
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
@@ -88,16 +104,17 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
         return
     cfg: SamConfig | None = getattr(model, "config", None)
     target = cfg.name if cfg is not None else type(model).__name__
-    msg = f"{source} does not fit {target}:"
+    msg = f"{source} does not fit {target}"
+    other = match_variant(state_dict)
+    # The variant first: on the command line the first line is the one people read.
+    msg += (f": this is a checkpoint of {other}: build that variant instead (--model {other})"
+            if other is not None else ":")
     if missing:
         msg += _listing("missing keys", missing)
     if unexpected:
         msg += _listing("unexpected keys", unexpected)
     if shapes:
         msg += _listing("shape mismatches", shapes)
-    other = match_variant(state_dict)
-    if other is not None:
-        msg += f"\n  this is a checkpoint of {other}: build that variant instead"
     raise CheckpointError(msg)
 
 
@@ -151,11 +168,15 @@ def read_pretrained_config(directory: str | Path) -> SamConfig:
     """The :class:`SamConfig` in a ``save_pretrained`` folder's ``config.json``."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a save_pretrained folder: no {CONFIG_NAME}")
-    meta = read_json(path)
+        raise CheckpointNotFoundError(f"{directory} is not a save_pretrained folder: no "
+                                      f"{CONFIG_NAME}")
+    try:
+        meta = read_json(path)
+    except ValueError as err:  # read_json's message names the file
+        raise CheckpointError(str(err)) from None
     if not isinstance(meta, dict) or meta.get("model_type") != "efficientvit-sam":
         raise CheckpointError(f"{path} is not an efficientvit-sam config")
     try:
         return SamConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: bad model config ({err})") from None

@@ -39,13 +39,17 @@ class SamBatchPredictor:
     ``predict_torch``, which (unlike ``predict``) takes SAM's padding label -1. They go to the
     decoder ``max_prompts`` at a time: the two-way transformer's activations grow with the
     number of prompts, and a crowded LVIS image has hundreds.
+
+    ``fast`` (off by default: evaluations measure the reference eager float32 computation, as
+    published figures do) lets the predictor apply the default fast path; a model already
+    optimised by the caller runs as given with ``fast=False``.
     """
 
     def __init__(self, model: torch.nn.Module, *, device: str | torch.device | None = None,
-                 max_prompts: int = 64) -> None:
+                 max_prompts: int = 64, fast: bool = False) -> None:
         if max_prompts < 1:
             raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
-        self.predictor = EfficientViTSamPredictor(model, device=device)
+        self.predictor = EfficientViTSamPredictor(model, device=device, fast=fast)
         self.max_prompts = max_prompts
 
     def set_image(self, image: np.ndarray) -> None:

@@ -23,6 +23,9 @@ def test_bench_writes_json_markdown_png(tmp_path: Path) -> None:
     assert main(argv) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["config"]["model"] == "tiny" and report["config"]["threads"] == 2
+    # No weights for tiny: random weights, allowed for timing, and said so in the report.
+    assert report["config"]["weights"]["kind"] == "random"
+    assert report["config"]["weights"]["description"].startswith("weights: random (no weights")
     # eager_kept: eager again once the fast path made the process keep freed memory.
     assert list(report["results"]) == ["eager", "fused", "fast", "fast_direct", "onnx",
                                        "eager_kept"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pickle
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from effvit_sam import CheckpointError, build_sam, from_pretrained, load_checkpoint, save_pretrained
-from effvit_sam.checkpoint import match_variant, read_state_dict
+from effvit_sam.checkpoint import CheckpointNotFoundError, match_variant, read_state_dict
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -100,3 +102,40 @@ def test_from_pretrained_offline_says_where_to_put_the_file(tmp_path, monkeypatc
         from_pretrained("l0", cache_dir=tmp_path, local_files_only=True)
     with pytest.raises(FileNotFoundError, match="neither a directory"):
         from_pretrained("not-a-model")
+
+
+def test_corrupt_safetensors_names_the_file(tmp_path) -> None:
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    with pytest.raises(CheckpointError, match=f"could not read {bad} as a safetensors file"):
+        read_state_dict(bad)
+    with pytest.raises(CheckpointError, match="is a folder, not a weights file"):
+        read_state_dict(tmp_path)
+
+
+def test_from_pretrained_missing_local_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for path in (str(tmp_path / "missing" / "dir"), "./no/such/run", Path(tmp_path / "gone")):
+        with pytest.raises(CheckpointError, match=f"no such directory: {re.escape(str(path))}"):
+            from_pretrained(path)
+
+
+def test_from_pretrained_bad_folders(tmp_path, trained_tiny) -> None:
+    folder = save_pretrained(trained_tiny, tmp_path / "run")
+    (folder / "config.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match=f"{folder / 'config.json'} is not valid JSON"):
+        from_pretrained(folder)
+    (folder / "config.json").write_text('{"model_type": "efficientvit-sam", "config": []}')
+    with pytest.raises(CheckpointError, match="bad model config"):
+        from_pretrained(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointNotFoundError, match="not a save_pretrained folder: no "
+                                                      "config.json"):
+        from_pretrained(empty)
+    save_pretrained(trained_tiny, tmp_path / "noweights")
+    (tmp_path / "noweights" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointNotFoundError, match="no model.safetensors"):
+        from_pretrained(tmp_path / "noweights")
+    with pytest.raises(CheckpointError, match="is a file, not a save_pretrained directory"):
+        from_pretrained(folder / "model.safetensors")

@@ -183,9 +183,9 @@ def test_adapter_matches_the_project_predictor(tiny_model):
     boxes = np.array([[10, 5, 60, 40], [0, 0, 130, 90], [70, 20, 120, 85.5]])
     points = np.array([[[20, 30], [50, 60]], [[100, 10], [5, 80]], [[64, 45], [64, 46]]])
     labels = np.array([[1, 0], [1, 1], [0, 1]])
-    reference = EfficientViTSamPredictor(tiny_model)
+    reference = EfficientViTSamPredictor(tiny_model, fast=False)
     reference.set_image(image)
-    adapter = SamBatchPredictor(tiny_model, max_prompts=2)  # 2 chunks for 3 prompts
+    adapter = SamBatchPredictor(tiny_model, max_prompts=2)  # 2 chunks for 3 prompts; eager
     adapter.set_image(image)
     for kwargs, ref_kwargs in (({"boxes": boxes}, {"boxes": boxes}),
                                ({"points": points, "labels": labels},
@@ -201,32 +201,62 @@ def test_adapter_matches_the_project_predictor(tiny_model):
 
 
 
-def _cli_args(tmp_path, kind, mode, *extra):
+def _cli_args(tmp_path, kind, mode, *extra, weights=("--random-weights",)):
     ann, images, _ = write_toyset(tmp_path / kind, kind)
     return [mode, "--dataset", kind, "--annotations", str(ann), "--images", str(images),
-            "--model", "efficientvit-sam-tiny", "--device", "cpu", *extra]
+            "--model", "efficientvit-sam-tiny", "--device", "cpu", *weights, *extra]
 
 
 def test_cli_box_end_to_end_writes_report(tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert main(_cli_args(tmp_path, "coco", "box", "--output", str(out))) == 0
     report = json.loads(out.read_text())
-    assert report["settings"]["model"] == "efficientvit-sam-tiny"
-    assert report["settings"]["mode"] == "box" and report["settings"]["num_processes"] == 1
+    settings = report["settings"]
+    assert settings["model"] == "efficientvit-sam-tiny"
+    assert settings["mode"] == "box" and settings["num_processes"] == 1
+    assert settings["weights"] == {
+        "kind": "random", "path": None, "file": None, "model": "efficientvit-sam-tiny",
+        "description": "weights: random (--random-weights, seed 0; masks are meaningless)",
+        "seed": 0, "sha256": None}
+    # Published figures: the reference eager float32 computation unless --fast.
+    assert settings["inference"] == {"fast": False, "options": None}
     assert report["num_instances"]["all"] == 4
     assert 0.0 <= report["metrics"]["mIoU"] <= 100.0
     assert set(report["timing"]) == {"seconds", "instances_per_second"}
     printed = capsys.readouterr().out
     assert report["markdown_row"] in printed and "mIoU_small" in printed
+    assert "inference: reference eager float32" in printed
+    assert "weights: random (--random-weights, seed 0" in printed
 
 
-def test_cli_reports_bad_settings_as_usage_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
+def test_cli_fast_is_recorded_and_close_to_eager(tmp_path, capsys):
+    eager, fast = tmp_path / "eager.json", tmp_path / "fast.json"
+    assert main(_cli_args(tmp_path, "coco", "box", "--output", str(eager))) == 0
+    assert main(_cli_args(tmp_path, "coco", "box", "--fast", "--output", str(fast))) == 0
+    assert "inference: fast path, FastPathOptions.auto: fold_bn" in capsys.readouterr().out
+    inference = json.loads(fast.read_text())["settings"]["inference"]
+    assert inference["fast"] is True and inference["options"]["fold_bn"] is True
+    assert inference["options"]["autocast_dtype"] is None
+    m_eager = json.loads(eager.read_text())["metrics"]
+    m_fast = json.loads(fast.read_text())["metrics"]
+    assert m_fast["mIoU"] == pytest.approx(m_eager["mIoU"], abs=0.5)
+
+
+def test_cli_refuses_without_weights(tmp_path, monkeypatch):
+    from effvit_sam.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(UserError, match="no weights for efficientvit-sam-tiny.*--random-weights"):
+        main(_cli_args(tmp_path, "coco", "box", weights=()))
+
+
+def test_cli_reports_bad_settings_as_user_errors(tmp_path, capsys):
+    from effvit_sam.errors import UserError
+
+    with pytest.raises(UserError, match="--detections is needed by, and only by, box-from"):
         main(_cli_args(tmp_path, "coco", "box", "--detections", "d.json"))
-    assert exit_.value.code == 2 and "box-from-detector" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="--limit must be >= 1, got 0"):
         main(_cli_args(tmp_path, "coco", "box", "--limit", "0"))
-    assert "limit must be >= 1" in capsys.readouterr().err
 
 
 def test_cli_point_and_detector_end_to_end(tmp_path):
@@ -249,16 +279,28 @@ def test_cli_checkpoint_recorded_with_sha256(tmp_path):
 
     import torch
 
-    from effvit_sam import build_sam
+    from effvit_sam import build_sam, save_pretrained
 
     ckpt = tmp_path / "tiny.pt"
     torch.save(build_sam("efficientvit-sam-tiny").state_dict(), ckpt)
     out = tmp_path / "m.json"
     assert main(_cli_args(tmp_path, "coco", "box", "--checkpoint", str(ckpt), "--limit", "1",
-                          "--output", str(out))) == 0
+                          "--output", str(out), weights=())) == 0
+    weights = json.loads(out.read_text())["settings"]["weights"]
+    assert (weights["kind"], weights["path"], weights["seed"]) == ("checkpoint", str(ckpt), None)
+    assert weights["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert json.loads(out.read_text())["settings"]["limit"] == 1
+    # A save_pretrained folder: its config names the model, the sha256 is its weights file's.
+    folder = save_pretrained(build_sam("efficientvit-sam-tiny"), tmp_path / "run")
+    args = _cli_args(tmp_path, "coco", "box", "--checkpoint", str(folder), "--limit", "1",
+                     "--output", str(out), weights=())
+    args.remove("--model"), args.remove("efficientvit-sam-tiny")
+    assert main(args) == 0
     settings = json.loads(out.read_text())["settings"]
-    assert settings["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert settings["limit"] == 1
+    assert settings["model"] == "efficientvit-sam-tiny"
+    assert settings["weights"]["kind"] == "pretrained_dir"
+    assert settings["weights"]["sha256"] == hashlib.sha256(
+        (folder / "model.safetensors").read_bytes()).hexdigest()
 
 
 def _torchrun(nproc: int, args: list[str], tmp_path: Path) -> dict:

@@ -43,7 +43,8 @@ def test_cli_tiny_model_on_synthetic_set(synthetic_set, tmp_path):
     kind, ann, images = synthetic_set
     out = tmp_path / "m.json"
     assert main(["box", "--dataset", kind, "--annotations", str(ann), "--images", str(images),
-                 "--model", "efficientvit-sam-tiny", "--device", "cpu", "--limit", "2",
+                 "--model", "efficientvit-sam-tiny", "--random-weights", "--device", "cpu",
+                 "--limit", "2",
                  "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["num_images"] == 2 and report["settings"]["dataset"] == kind

@@ -217,6 +217,8 @@ def test_onnx_predictor_errors(exported: dict) -> None:
 
 
 def test_cli_writes_both_graphs(tmp_path: Path, capsys) -> None:
-    assert main(["--model", "tiny", "--out", str(tmp_path), "--no-verify"]) == 0
+    assert main(["--model", "tiny", "--random-weights", "--out", str(tmp_path),
+                 "--no-verify"]) == 0
     assert (tmp_path / "encoder.onnx").is_file() and (tmp_path / "decoder.onnx").is_file()
-    assert "decoder_path" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "decoder_path" in out and "weights: random (--random-weights, seed 0" in out

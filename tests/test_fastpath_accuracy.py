@@ -34,5 +34,6 @@ def test_measure_exact_and_lossy_options() -> None:
 def test_command_prints_the_table(capsys) -> None:
     assert main(["--model", "tiny", "--options", "fuse_model", "channels_last"]) == 0
     out = capsys.readouterr().out
-    assert "tiny (random weights), image made scene" in out
+    assert ("efficientvit-sam-tiny, weights: random (no weights found, seed 0; masks are "
+            "meaningless), image made scene") in out
     assert "| fuse_model |" in out and "| channels_last |" in out

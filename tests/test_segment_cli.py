@@ -78,13 +78,21 @@ def test_everything_mode(scene, tmp_path, capsys):
     assert (tmp_path / "e.png").is_file()
 
 
-def test_checkpoint_flag(scene, tmp_path):
+def test_checkpoint_flag(scene, tmp_path, capsys):
     torch.manual_seed(3)
     weights = tmp_path / "tiny.pt"
     torch.save(build_sam("efficientvit-sam-tiny").state_dict(), weights)
+    js = tmp_path / "m.json"
     argv = [str(scene), "--model", "efficientvit-sam-tiny", "--checkpoint", str(weights),
-            "--box", "5,5,65,65", "--output", str(tmp_path / "o.png")]
+            "--box", "5,5,65,65", "--output", str(tmp_path / "o.png"), "--json", str(js)]
     assert main(argv) == 0
+    assert f"weights: {weights} (checkpoint, efficientvit-sam-tiny)" in capsys.readouterr().out
+    doc = json.loads(js.read_text())
+    assert doc["model"] == "efficientvit-sam-tiny"
+    assert (doc["weights"]["kind"], doc["weights"]["path"]) == ("checkpoint", str(weights))
+    # Without --model the variant is recognised from the file's keys and shapes.
+    assert main(argv[:1] + argv[3:]) == 0
+    assert "(checkpoint, efficientvit-sam-tiny)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -96,17 +104,20 @@ def test_checkpoint_flag(scene, tmp_path):
 ])
 def test_bad_requests_exit_2(scene, extra, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the default overlay path is relative
-    assert main([str(scene), *TINY, *extra]) == 2
-    assert re.search(message, capsys.readouterr().err)
+    assert cli.main(["segment", str(scene), *TINY, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("effvit-sam segment: error: ") and re.search(message, err)
+    assert "Traceback" not in err and err.count("\n") == 1
 
 
 def test_missing_weights_and_files(scene, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    assert main([str(scene), "--model", "l0", "--point", "3,3"]) == 2
+    assert cli.main(["segment", str(scene), "--model", "l0", "--point", "3,3"]) == 2
     err = capsys.readouterr().err
     assert "--checkpoint" in err and "--random-weights" in err
-    assert main([str(tmp_path / "nope.png"), *TINY, "--point", "3,3"]) == 2
+    assert str(tmp_path / "empty-cache") in err  # says where it looked
+    assert cli.main(["segment", str(tmp_path / "nope.png"), *TINY, "--point", "3,3"]) == 2
     assert "image not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main([str(scene), *TINY, "--point", "3"])

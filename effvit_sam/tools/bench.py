@@ -24,6 +24,12 @@ so the engines run in two groups: first those that use the default allocator (ea
 onnx, SAM's), then the fast path ones and ``eager_kept``. Ratios ``x_vs_eager`` compare with
 eager under the default allocator, what a user of the official code has.
 Writes ``bench.json``, ``bench.md`` and ``bench.png`` into ``--out``.
+
+Weights (:func:`effvit_sam.weights.resolve_model`): ``--checkpoint PATH``, else the official
+file of ``--model`` in the local Hugging Face cache, else the bundled model of that name, else
+random weights (seed 0) - allowed here because weights do not change timings; the weights used
+are printed and recorded in ``bench.json`` (``config.weights``). ``--random-weights`` skips the
+search.
 """
 
 from __future__ import annotations
@@ -193,11 +199,10 @@ def _onnx_engine(model, device: torch.device, *, threads: int, prompts: int,
     return engine
 
 
-def _build_engines(args: argparse.Namespace, device: torch.device, workdir: Path) -> list[Engine]:
-    from ..build import build_sam
+def _build_engines(args: argparse.Namespace, model, device: torch.device,
+                   workdir: Path) -> list[Engine]:
     from ..inference.optimize import FastPathOptions, optimize_for_inference
 
-    model = build_sam(args.model, checkpoint=args.checkpoint).eval()
     engines: list[Engine] = []
     for name in args.engines:
         start = time.perf_counter()
@@ -244,12 +249,17 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """Time every engine (interleaved), return the JSON-able results."""
     from tqdm import tqdm
 
-    device = torch.device(args.device)
+    from ..weights import resolve_device, resolve_model
+
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
+    model, weights = resolve_model(args.model, checkpoint=args.checkpoint,
+                                   random_weights=args.random_weights, require_weights=False)
+    print(weights.description)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (*IMAGE_SIZE, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
-        engines = _build_engines(args, device, Path(tmp))
+        engines = _build_engines(args, model, device, Path(tmp))
         inputs = {e.name: {b: rng.standard_normal((b, 3, e.encoder_size, e.encoder_size))
                            .astype(np.float32)
                            for b in sorted({1} if e.name in SAM_BASELINES else {1, args.batch})}
@@ -287,13 +297,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 for e in group:
                     for key, fn in tasks(e).items():
                         e.times.setdefault(key, []).append(_timed(fn, device))
-    return summarise(args, engines, device)
+    return summarise(args, engines, device, weights=weights.to_dict())
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="effvit-sam bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="l0")
-    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--model", default="l0", help="model to time (default: l0)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="weights file or save_pretrained folder (default: the official file "
+                             "in the Hugging Face cache, else random weights, said so)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights (seed 0) without looking for any; timings do not "
+                             "depend on the weights")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="the batch-N encoder figure")
@@ -315,9 +330,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but no CUDA device is available")
-    if torch.device(args.device).type != "cpu" and "int8" in args.engines:
+    from ..errors import UserError
+    from ..weights import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except UserError as err:
+        parser.error(str(err))
+    if device.type != "cpu" and "int8" in args.engines:
         parser.error("the int8 engine runs on CPU only")
     return args
 

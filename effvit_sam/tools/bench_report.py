@@ -16,8 +16,12 @@ KEPT_MEMORY_ENGINES = ("fast", "fast_direct", "compiled", "int8")
 SAM_BASELINES = ("sam_vit_b", "sam_vit_h")
 
 
-def summarise(args, engines: list, device: torch.device) -> dict:
-    """Medians per engine and task, and every engine's ratio to eager (and to SAM's)."""
+def summarise(args, engines: list, device: torch.device, *,
+              weights: dict | None = None) -> dict:
+    """Medians per engine and task, and every engine's ratio to eager (and to SAM's).
+
+    ``weights``: :meth:`effvit_sam.weights.WeightsInfo.to_dict` of the model timed.
+    """
     results = {}
     for e in engines:
         med = {k: statistics.median(v) for k, v in e.times.items()}
@@ -50,7 +54,8 @@ def summarise(args, engines: list, device: torch.device) -> dict:
                 ratios[f"{name}_speedup_vs_{sam}"] = (results[sam]["encoder_latency_s_b1"]
                                                       / row["encoder_latency_s_b1"])
     return {
-        "config": {"model": args.model, "device": str(device), "threads": args.threads,
+        "config": {"model": args.model, "weights": weights, "device": str(device),
+                   "threads": args.threads,
                    "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
                    "prompts": args.prompts, "engines": args.engines, "sam": args.sam,
                    "torch": torch.__version__, "machine": platform.processor() or

@@ -5,6 +5,12 @@ compared with the eager float32 model (the official computation): the embeddings
 difference and relative L2 error, the share of mask pixels that agree (logits > 0, all multimask
 outputs at the low-res 256 x 256 scale), and the largest logit and IoU-prediction differences.
 Run it on your checkpoint and an image of your own before relying on a non-exact option.
+
+Weights (:func:`effvit_sam.weights.resolve_model`): ``--checkpoint PATH``, else the official
+file of ``--model`` in the local Hugging Face cache, else the bundled model of that name, else
+random weights (seed 0), which are allowed here as the tool only compares two computations of
+the same weights; the printed heading says which weights were used. ``--random-weights`` skips
+the search.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..inference.optimize import FastPathOptions, optimize_for_inference
+from ..io import read_image
 from ..modeling import EfficientViTSam
 
 _E = FastPathOptions.eager()
@@ -103,21 +111,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="l0")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="weights to check (default: random weights, say so in any report)")
+                        help="weights file or save_pretrained folder (default: the official file "
+                             "in the Hugging Face cache, else random weights, said so)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights (seed 0) without looking for any")
     parser.add_argument("--image", type=Path, default=None,
                         help="an image to encode (default: a made scene)")
     parser.add_argument("--options", nargs="+", choices=list(OPTION_SETS),
                         default=[n for n in OPTION_SETS if n not in ("compile", "int8")])
     parser.add_argument("--threads", type=int, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    return args
 
 
 def _image(path: Path | None) -> np.ndarray:
     if path is not None:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        try:
+            return read_image(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise UserError(f"--image: {err}") from None
     rng = np.random.default_rng(0)  # smooth colour blobs: structure, unlike white noise
     yy, xx = np.mgrid[0:480, 0:640]
     image = np.zeros((480, 640, 3), np.float64)
@@ -129,18 +143,18 @@ def _image(path: Path | None) -> np.ndarray:
 
 
 def main(argv: list[str]) -> int:
-    from ..build import build_sam
     from ..geometry import preprocess_image
+    from ..weights import resolve_model
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_sam(args.model, checkpoint=args.checkpoint).eval()
     image = _image(args.image)
+    model, weights = resolve_model(args.model, checkpoint=args.checkpoint,
+                                   random_weights=args.random_weights, require_weights=False)
     x = preprocess_image(image, model.encoder_size)
     calibration = torch.cat([x, x.flip(-1), x.flip(-2), x.roll(x.shape[-1] // 5, -1)])
     results = measure(model, x, args.options, calibration=calibration)
-    weights = args.checkpoint or "random weights"
-    print(f"{args.model} ({weights}), image {args.image or 'made scene'}:\n")
+    print(f"{weights.model}, {weights.description}, image {args.image or 'made scene'}:\n")
     print(markdown(results))
     return 0

@@ -5,9 +5,11 @@ picture and COCO-RLE JSON.
     effvit-sam segment photo.jpg --box 10,20,300,400 --box 350,40,600,380 --json masks.json
     effvit-sam segment scan.png --everything --crop-n-layers 1 --json masks.json
 
-Weights: ``--checkpoint PATH`` (official ``.pt`` or a ``save_pretrained`` directory's file), else
-the official file from the local Hugging Face cache (nothing is downloaded), else an error;
-``--random-weights`` is for testing the pipeline only.
+Weights (:func:`effvit_sam.weights.resolve_model`): ``--checkpoint PATH`` (an official ``.pt``,
+a ``.safetensors`` file or a ``save_pretrained`` folder), else the official file of ``--model``
+from the local Hugging Face cache (nothing is downloaded), else the bundled model; without
+``--model``, l0 if its official file is cached, else the bundled model. Nothing found is an
+error; ``--random-weights`` is for testing the pipeline only. The weights used are printed.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..checkpoint import CheckpointError
-from ..io import atomic_write
+from ..errors import UserError
+from ..io import atomic_write, read_image
 
 logger = logging.getLogger(__name__)
 PROG = "effvit-sam segment"
@@ -59,11 +59,12 @@ def _box(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("image", type=Path, help="image file (any format PIL reads)")
-    parser.add_argument("--model", default="efficientvit-sam-l0",
-                        help="model name, e.g. l0 ... xl1 (default: efficientvit-sam-l0)")
-    parser.add_argument("--checkpoint", type=Path, help="weights file for --model")
+    parser.add_argument("--model", default=None,
+                        help="model name, e.g. l0 ... xl1, mini (default: l0 if its official "
+                             "file is in the Hugging Face cache, else the bundled model)")
+    parser.add_argument("--checkpoint", type=Path, help="weights file or save_pretrained folder")
     parser.add_argument("--random-weights", action="store_true",
-                        help="random weights (testing only; masks are meaningless)")
+                        help="random weights, seed 0 (testing only; masks are meaningless)")
     parser.add_argument("--point", type=_point, action="append", default=[], metavar="X,Y[,L]",
                         help="point prompt in pixels; label 1 foreground (default) or 0")
     parser.add_argument("--box", type=_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
@@ -86,24 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     amg.add_argument("--crop-n-layers", type=int, default=0)
     amg.add_argument("--min-mask-region-area", type=int, default=0)
     return parser
-
-
-def load_model(name: str, checkpoint: Path | None, random_weights: bool):
-    """The model from ``checkpoint``, the local HF cache, or random weights (explicitly)."""
-    from ..build import build_sam, from_pretrained
-
-    if checkpoint is not None:
-        return build_sam(name, checkpoint=checkpoint)
-    if random_weights:
-        logger.warning("--random-weights: %s with random weights, masks are meaningless", name)
-        torch.manual_seed(0)
-        return build_sam(name)
-    try:
-        return from_pretrained(name, local_files_only=True)
-    except (FileNotFoundError, CheckpointError) as err:
-        raise CheckpointError(f"no weights for {name}: pass --checkpoint PATH (official "
-                              f"efficientvit_sam_*.pt), put the file in the Hugging Face cache, "
-                              f"or use --random-weights for a pipeline test ({err})") from err
 
 
 def _segment_prompts(predictor, args) -> tuple[list[dict], np.ndarray]:
@@ -130,11 +113,48 @@ def _segment_prompts(predictor, args) -> tuple[list[dict], np.ndarray]:
 
 
 def _write_overlay(path: Path, picture: np.ndarray) -> None:
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"--output {path}: unknown picture format {path.suffix!r} "
-                         "(use .png or .jpg)")
-    atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format=fmt))
+    fmt = Image.registered_extensions()[path.suffix.lower()]  # checked in run()
+    try:
+        atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format=fmt))
+    except OSError as err:
+        raise UserError(f"--output {path}: could not write the picture ({err})") from None
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """The image as ``H x W x 3`` uint8 RGB; a missing or unreadable file is a
+    :class:`UserError` naming it."""
+    try:
+        return read_image(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+
+
+def _check_not_too_thin(path: Path, image: np.ndarray, encoder_size: int) -> None:
+    """A side that the encoder's resize-longest-side rounds to 0 pixels is a :class:`UserError`
+    (PIL would otherwise fail with "height and width must be > 0")."""
+    from ..geometry import preprocess_shape
+
+    h, w = image.shape[:2]
+    if min(preprocess_shape(h, w, encoder_size)) < 1:
+        raise UserError(f"image {path} is {w}x{h}: too thin for this model (its short side "
+                        f"would be 0 pixels at the encoder's {encoder_size} input)")
+
+
+def _check_prompts(args: argparse.Namespace, size: tuple[int, int]) -> None:
+    """``--point``/``--box`` against the image (``size`` = ``(H, W)``), with the predictor's own
+    checks (:mod:`effvit_sam.predictor_inputs`), reported naming the option."""
+    from ..predictor_inputs import as_boxes, as_points
+
+    try:
+        if args.point:
+            as_points([p[:2] for p in args.point], [p[2] for p in args.point], size)
+    except ValueError as err:
+        raise UserError(f"--point: {err}") from None
+    try:
+        if args.box:
+            as_boxes(args.box, size)
+    except ValueError as err:
+        raise UserError(f"--box: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,31 +162,41 @@ def run(args: argparse.Namespace) -> int:
     from ..masks import rle_to_mask
     from ..predictor import EfficientViTSamPredictor
     from ..visualize import overlay_masks
+    from ..weights import resolve_device, resolve_model
 
     if args.everything == bool(args.point or args.box):
-        raise ValueError("give prompts (--point/--box) or --everything, exactly one of the two")
-    if not args.image.is_file():
-        raise FileNotFoundError(f"image not found: {args.image}")
+        raise UserError("give prompts (--point/--box) or --everything, exactly one of the two")
     output = args.output or Path(f"{args.image.stem}_overlay.png")
     if output.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"--output {output}: unknown picture format (use .png or .jpg)")
-    with Image.open(args.image) as im:
-        image = np.asarray(im.convert("RGB"))
-    model = load_model(args.model, args.checkpoint, args.random_weights)
+        raise UserError(f"--output {output}: unknown picture format {output.suffix!r} "
+                        "(use .png or .jpg)")
+    for name in ("points_per_side", "points_per_batch"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got "
+                            f"{getattr(args, name)}")
+    if args.crop_n_layers < 0 or args.min_mask_region_area < 0:
+        raise UserError("--crop-n-layers and --min-mask-region-area must be at least 0")
+    image = _read_image(args.image)
+    _check_prompts(args, image.shape[:2])
+    device = resolve_device(args.device)
+    model, weights = resolve_model(args.model, checkpoint=args.checkpoint,
+                                   random_weights=args.random_weights, device=device)
+    print(weights.description)
+    _check_not_too_thin(args.image, image, model.encoder_size)
     if args.everything:
         generator = EfficientViTSamAutomaticMaskGenerator(
             model, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
             pred_iou_thresh=args.pred_iou_thresh,
             stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_n_layers,
             min_mask_region_area=args.min_mask_region_area, output_mode="coco_rle",
-            progress=True, device=args.device, fast=not args.no_fast)
+            progress=True, device=device, fast=not args.no_fast)
         records = generator.generate(image)
         # Draw largest first so small masks stay visible on top.
         order = sorted(range(len(records)), key=lambda i: -records[i]["area"])
         drawn = (np.stack([rle_to_mask(records[i]["segmentation"]) for i in order])
                  if records else None)
     else:
-        predictor = EfficientViTSamPredictor(model, device=args.device, fast=not args.no_fast)
+        predictor = EfficientViTSamPredictor(model, device=device, fast=not args.no_fast)
         predictor.set_image(image)
         records, drawn = _segment_prompts(predictor, args)
     picture = overlay_masks(
@@ -176,24 +206,19 @@ def run(args: argparse.Namespace) -> int:
     _write_overlay(output, picture)
     if args.json is not None:
         doc = {"image": str(args.image), "height": image.shape[0], "width": image.shape[1],
-               "model": args.model, "mode": "everything" if args.everything else "prompts",
+               "model": weights.model, "weights": weights.to_dict(),
+               "mode": "everything" if args.everything else "prompts",
                "annotations": records}
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(doc)))
+        try:
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(doc)))
+        except OSError as err:
+            raise UserError(f"--json {args.json}: could not write the masks ({err})") from None
     print(f"{len(records)} masks; overlay written to {output}"
           + (f", masks to {args.json}" if args.json else ""))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``effvit-sam segment``; returns the exit code (2 for bad input)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    sys.exit(main())
+    """Entry point of ``effvit-sam segment``. Bad input raises :class:`UserError`, which the
+    dispatcher (:func:`effvit_sam.errors.run_command`) turns into exit code 2 and one line."""
+    return run(build_parser().parse_args(argv))
