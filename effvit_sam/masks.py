@@ -167,6 +167,15 @@ def rle_to_mask(rle: dict, height: int | None = None, width: int | None = None) 
     return mask_utils.decode(validate_rle(rle, height, width)).astype(bool)
 
 
+def rles_to_masks(rles: list[dict], height: int, width: int) -> np.ndarray:
+    """``K`` RLEs of one ``height x width`` image to a ``K x H x W`` bool array, each checked by
+    :func:`validate_rle` and then decoded in one batched pycocotools call."""
+    checked = [validate_rle(rle, height, width) for rle in rles]
+    if not checked:
+        return np.zeros((0, int(height), int(width)), dtype=bool)
+    return np.ascontiguousarray(mask_utils.decode(checked).transpose(2, 0, 1), dtype=bool)
+
+
 def segmentation_to_rle(segmentation: list | dict, height: int, width: int) -> dict:
     """A COCO segmentation (polygons, uncompressed or compressed RLE) of an ``height x width``
     image as one compressed RLE (``bytes`` counts); raises ``ValueError`` on bad input
