@@ -168,8 +168,9 @@ def test_load_detections_groups_and_caps(tmp_path):
                                           "score": 1.0}]
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(dets))
-    grouped = load_detections(path, ds, max_per_image=2)
+    grouped, skipped = load_detections(path, ds, max_per_image=2)
     assert [d["score"] for d in grouped[1]] == [0.9, 0.5] and grouped[2] == []
+    assert skipped == {}
     path.write_text(json.dumps([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]))
     with pytest.raises(ValueError, match="category_id"):
         load_detections(path, ds)
