@@ -148,7 +148,7 @@ def _check_structure(data, path: Path) -> None:
                 for k in ("id", "height", "width")) or min(img["height"], img["width"]) < 1:
             raise UserError(f"{path}: image {i} needs an int 'id' and positive int 'height' "
                             f"and 'width', got {str(img)[:120]}")
-    required = {"annotations": ("id", "image_id", "category_id"), "categories": ("id",)}
+    required = {"annotations": ("id", "image_id", "category_id", "area"), "categories": ("id",)}
     for key, fields in required.items():
         for i, item in enumerate(data[key]):
             if not isinstance(item, dict) or not all(f in item for f in fields):

@@ -260,9 +260,10 @@ def test_malformed_annotation_files_name_the_file(tmp_path):
                           (json.dumps({"images": [{"id": 1}], "annotations": [],
                                        "categories": []}), "image 0 needs an int 'id'"),
                           (json.dumps({"images": [], "annotations": [{"id": 1}],
-                                       "categories": []}), "annotations entry 0 is not"),
+                                       "categories": []}), "annotations entry 0 is not an "
+                           "object with 'id', 'image_id', 'category_id', 'area'"),
                           (json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 4,
-                                       "category_id": 1}], "categories": []}),
+                                       "category_id": 1, "area": 9}], "categories": []}),
                            "names unknown image 4")]:
         bad.write_text(text)
         with pytest.raises(UserError, match=message) as err:
