@@ -5,8 +5,9 @@
 * Every RLE and polygon from outside is checked (:func:`validate_rle`,
   :func:`validate_polygons`) before pycocotools decodes it: pycocotools trusts its input and
   turns a too-short RLE into uninitialised memory. :func:`rle_to_mask` and
-  :func:`segmentation_to_rle` check for every caller; code that decodes in bulk with
-  pycocotools validates each RLE with :func:`validate_rle` first.
+  :func:`segmentation_to_rle` check for every caller, and :func:`rles_to_masks` decodes many
+  RLEs of one image in one pycocotools call after checking each; nothing else in the package
+  hands outside RLEs to pycocotools.
 * Boxes of a mask cover whole pixels, as COCO's do: a mask whose pixels span columns
   ``x0..x1`` and rows ``y0..y1`` (inclusive) has XYWH box ``[x0, y0, x1 - x0 + 1, y1 - y0 + 1]``
   and XYXY box ``[x0, y0, x1 + 1, y1 + 1]`` (what :func:`effvit_sam.geometry.xywh_to_xyxy` gives).
