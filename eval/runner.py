@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from effvit_sam.errors import UserError
 from effvit_sam.geometry import xywh_to_xyxy
 from effvit_sam.masks import mask_to_rle
 
@@ -77,6 +78,9 @@ class EvalTask:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if (self.mode == "box-from-detector") != (self.detections is not None):
             raise ValueError("a detections file is needed by, and only by, box-from-detector")
+        if self.detections is not None and not Path(self.detections).is_file():
+            # checked here, before any model is built; its content is checked when it is read
+            raise UserError(f"detections file not found: {self.detections}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from effvit_sam.errors import UserError
 from effvit_sam.masks import mask_to_rle
 from eval.cli import main
 from eval.datasets import SKIP_REASONS, EvalDataset
@@ -222,6 +223,11 @@ def test_processes_take_disjoint_slices_and_gather_on_the_main_one(tmp_path):
     with pytest.raises(ValueError, match="process_index"):
         run_evaluation(EvalTask("box"), oracle, dataset, process_index=2, num_processes=2,
                        gather=list)
+
+
+def test_missing_detections_file_rejected_before_any_model(tmp_path):
+    with pytest.raises(UserError, match=f"detections file not found: {tmp_path / 'd.json'}"):
+        EvalTask("box-from-detector", detections=str(tmp_path / "d.json"))
 
 
 def test_task_rejects_bad_settings():
