@@ -17,10 +17,8 @@ Each SA-1B sample is a ``sa_<id>.jpg`` + ``sa_<id>.json`` pair in a tar shard (s
 * ``skip_counts`` and ``stream_id``: the running skip counts of the (rank, worker) stream that
   produced the sample (see :class:`SkipStats`).
 
-Every annotation's RLE is checked (:func:`effvit_sam.masks.validate_rle`) before pycocotools
-decodes it: a bad one (too short, too long, garbage, another image's size) is passed over and
-counted (``bad_rle``) while the image's other masks are kept; a sample whose every annotation is
-bad is skipped (``no_annotations``).
+Each annotation's RLE is checked (:func:`effvit_sam.masks.validate_rle`) before any decode; a
+bad one is passed over and counted (``bad_rle``), the image's other masks kept.
 
 Splitting across ranks and DataLoader workers is explicit; see :class:`SA1BDataset`.
 """
@@ -200,13 +198,10 @@ def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, ep
 
 def _checked_rles(key: str, anns: list[dict], height: int, width: int,
                   skip_counts: Counter | None) -> list[dict]:
-    """The annotations' RLEs that pass :func:`validate_rle` for an ``height x width`` image,
-    in annotation order; the others are counted as ``bad_rle`` and logged once per sample.
-
-    Raises ``size_mismatch`` when no RLE has the image's size (the json of another image: a
-    fault of the sample, so no annotation is counted) and ``no_annotations`` when every
-    annotation is bad.
-    """
+    """The RLEs that pass :func:`validate_rle` for an ``height x width`` image, in annotation
+    order; the others are counted as ``bad_rle`` and logged once per sample. Raises
+    ``size_mismatch`` when no RLE has the image's size (the json of another image: nothing is
+    counted) and ``no_annotations`` when every annotation is bad."""
     sizes = [seg.get("size") if isinstance(seg := ann.get("segmentation"), dict) else None
              for ann in anns]
     if all(isinstance(size, list) and size != [height, width] for size in sizes):
