@@ -17,6 +17,9 @@ Each SA-1B sample is a ``sa_<id>.jpg`` + ``sa_<id>.json`` pair in a tar shard (s
 * ``skip_counts`` and ``stream_id``: the running skip counts of the (rank, worker) stream that
   produced the sample (see :class:`SkipStats`).
 
+Each annotation's RLE is checked (:func:`effvit_sam.masks.validate_rle`) before any decode; a
+bad one is passed over and counted (``bad_rle``), the image's other masks kept.
+
 Splitting across ranks and DataLoader workers is explicit; see :class:`SA1BDataset`.
 """
 
@@ -34,7 +37,6 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -47,12 +49,17 @@ from effvit_sam.geometry import (
     preprocess_image,
     preprocess_shape,
 )
+from effvit_sam.masks import rle_to_box_xywh, rles_to_masks, validate_rle
 
 logger = logging.getLogger(__name__)
 
 SKIP_REASONS = ("shard_error", "missing_member", "bad_image", "bad_json", "no_annotations",
                 "size_mismatch")
-"""Why a sample can be skipped; the keys of every ``skip_counts`` dict."""
+"""Why a sample can be skipped (counts of samples)."""
+ANNOTATION_SKIP_REASONS = ("bad_rle",)
+"""Why one annotation of a kept or skipped sample can be passed over (counts of annotations).
+Every ``skip_counts`` dict has the keys of both tuples."""
+COUNTED_REASONS = SKIP_REASONS + ANNOTATION_SKIP_REASONS
 
 MASK_CHUNK = 8  # masks reduced to low-res at a time: bounds memory on 1500 x 2250 photos
 RESAMPLED_PASS = 32  # shard draws per resampled pass (the unit of the empty-data check)
@@ -89,7 +96,7 @@ class SkipStats:
 
     @property
     def totals(self) -> dict[str, int]:
-        total = Counter({reason: 0 for reason in SKIP_REASONS})
+        total = Counter({reason: 0 for reason in COUNTED_REASONS})
         for latest in self._latest.values():
             total.update(latest)
         return dict(total)
@@ -126,9 +133,13 @@ def _stable_seed(*parts: object) -> int:
 
 
 def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, epoch: int = 0,
-                  keep_raw: bool = False) -> dict:
+                  keep_raw: bool = False, skip_counts: Counter | None = None) -> dict:
     """Turn one raw webdataset sample (``__key__``, ``jpg``, ``json`` bytes) into a training
-    sample (fields in the module docstring). Raises :class:`SkipSample` on unusable data."""
+    sample (fields in the module docstring). Raises :class:`SkipSample` on unusable data.
+
+    Annotations passed over (:data:`ANNOTATION_SKIP_REASONS`) are added to ``skip_counts``,
+    also when the sample is then skipped.
+    """
     key = PurePosixPath(raw.get("__key__", "?")).name
     if "jpg" not in raw or "json" not in raw:
         raise SkipSample("missing_member", f"{key} has members {sorted(raw)}")
@@ -151,28 +162,18 @@ def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, ep
     if stated != (None, None) and stated != (height, width):
         raise SkipSample("size_mismatch", f"{key}: json says {stated[0]}x{stated[1]}, jpg is "
                          f"{height}x{width}")
-    try:
-        sizes = {tuple(a["segmentation"]["size"]) for a in anns}
-    except (KeyError, TypeError) as exn:
-        raise SkipSample("bad_json", f"{key}: bad segmentation {exn!r}") from exn
-    if sizes != {(height, width)}:
-        raise SkipSample("size_mismatch", f"{key}: RLE sizes {sorted(sizes)} but the jpg is "
-                         f"{height}x{width}")
-
+    rles = _checked_rles(key, anns, height, width, skip_counts)
     generator = torch.Generator().manual_seed(_stable_seed(seed, epoch, key))
-    order = torch.randperm(len(anns), generator=generator).tolist()
+    order = torch.randperm(len(rles), generator=generator).tolist()
     masks, boxes, start, found = [], [], 0, 0
     while start < len(order) and found < max_masks:
         # Decode only about as many masks as are still needed (most survive the reduction).
         chunk = order[start: start + min(MASK_CHUNK, max_masks - found)]
         start += len(chunk)
-        rles = [anns[i]["segmentation"] for i in chunk]
-        try:
-            full = mask_util.decode(rles)  # H x W x k, Fortran order
-            xywh = mask_util.toBbox(rles)
-        except (KeyError, TypeError, ValueError) as exn:
-            raise SkipSample("bad_json", f"{key}: bad segmentation {exn!r}") from exn
-        low = mask_to_low_res(np.ascontiguousarray(full.transpose(2, 0, 1)).astype(bool))
+        chosen = [rles[i] for i in chunk]
+        full = rles_to_masks(chosen, height, width)  # k x H x W
+        xywh = np.array([rle_to_box_xywh(rle) for rle in chosen]).reshape(-1, 4)
+        low = mask_to_low_res(full)
         keep = low.flatten(1).any(1)  # masks too small for 256 x 256 give no training signal
         masks.append(low[keep])
         boxes.append(torch.from_numpy(xywh)[keep])
@@ -193,6 +194,34 @@ def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, ep
     if keep_raw:
         sample["image_raw"] = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
     return sample
+
+
+def _checked_rles(key: str, anns: list[dict], height: int, width: int,
+                  skip_counts: Counter | None) -> list[dict]:
+    """The RLEs that pass :func:`validate_rle` for an ``height x width`` image, in annotation
+    order; the others are counted as ``bad_rle`` and logged once per sample. Raises
+    ``size_mismatch`` when no RLE has the image's size (the json of another image: nothing is
+    counted) and ``no_annotations`` when every annotation is bad."""
+    sizes = [seg.get("size") if isinstance(seg := ann.get("segmentation"), dict) else None
+             for ann in anns]
+    if all(isinstance(size, list) and size != [height, width] for size in sizes):
+        raise SkipSample("size_mismatch", f"{key}: RLE sizes {sorted(set(map(str, sizes)))} "
+                         f"but the jpg is {height}x{width}")
+    rles, errors = [], []
+    for ann in anns:
+        try:
+            rles.append(validate_rle(ann["segmentation"], height, width))
+        except (KeyError, TypeError, ValueError) as exn:
+            errors.append(exn)
+    if errors:
+        if skip_counts is not None:
+            skip_counts["bad_rle"] += len(errors)
+        logger.warning("SA-1B sample %s: passing over %d of %d annotations with a bad RLE "
+                       "(first: %r)", key, len(errors), len(anns), str(errors[0]))
+    if not rles:
+        raise SkipSample("no_annotations", f"{key}: every annotation's RLE is bad (first: "
+                         f"{errors[0]})")
+    return rles
 
 
 class SA1BDataset(IterableDataset):
@@ -273,7 +302,7 @@ class SA1BDataset(IterableDataset):
         order_rng = random.Random(_stable_seed(self.seed, self.epoch, self.rank,
                                                worker if stride == 1 else "all"))
         shuffle_rng = random.Random(_stable_seed(self.seed, self.epoch, self.rank, worker))
-        counts = Counter({reason: 0 for reason in SKIP_REASONS})
+        counts = Counter({reason: 0 for reason in COUNTED_REASONS})
         stream_id = uuid.uuid4().hex  # identifies this stream's running counts, not data
         produced, empty_passes = 0, 0
         while quota != 0:
@@ -282,7 +311,8 @@ class SA1BDataset(IterableDataset):
                 try:
                     sample = decode_sample(item, encoder_size=self.encoder_size,
                                            max_masks=self.max_masks, seed=self.seed,
-                                           epoch=self.epoch, keep_raw=self.keep_raw)
+                                           epoch=self.epoch, keep_raw=self.keep_raw,
+                                           skip_counts=counts)
                 except SkipSample as skip:
                     counts[skip.reason] += 1
                     logger.warning("skipping SA-1B sample (%s)", skip)

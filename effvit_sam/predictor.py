@@ -20,7 +20,7 @@ from torch import nn
 
 from . import geometry
 from .modeling import EfficientViTSam
-from .predictor_inputs import as_boxes, as_mask_input, as_points, as_rgb_image
+from .predictor_inputs import as_boxes, as_flag, as_mask_input, as_points, as_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class EfficientViTSamPredictor:
                             f"{type(model).__name__}")
         self.device = torch.device(device) if device is not None else \
             next(model.parameters()).device
-        self.fast = fast and isinstance(model, EfficientViTSam)
+        self.fast = as_flag(fast, "fast") and isinstance(model, EfficientViTSam)
         if self.fast:
             from .inference import optimize_for_inference
 
@@ -220,6 +220,8 @@ class EfficientViTSamPredictor:
             raise ImageNotSetError("no image is set: call set_images([...]) before predict_batch")
         if len(prompts) != len(self._images):
             raise ValueError(f"{len(prompts)} prompt dicts for {len(self._images)} images set")
+        as_flag(multimask_output, "multimask_output")
+        as_flag(return_logits, "return_logits")
         results = []
         for i, (image, prompt) in enumerate(zip(self._images, prompts, strict=True)):
             if not isinstance(prompt, dict):
@@ -233,12 +235,16 @@ class EfficientViTSamPredictor:
                 image, _pick("points", g("points"), "point_coords", g("point_coords")),
                 _pick("labels", g("labels"), "point_labels", g("point_labels")),
                 _pick("boxes", g("boxes"), "box", g("box")), g("mask_input"),
-                multimask_output=g("multimask_output", multimask_output),
-                return_logits=g("return_logits", return_logits)))
+                multimask_output=as_flag(g("multimask_output", multimask_output),
+                                         f"prompts[{i}]['multimask_output']"),
+                return_logits=as_flag(g("return_logits", return_logits),
+                                      f"prompts[{i}]['return_logits']")))
         return results
 
     def _predict(self, image: EncodedImage, points, labels, boxes, mask_input, *,
                  multimask_output: bool, return_logits: bool) -> Prediction:
+        multimask_output = as_flag(multimask_output, "multimask_output")
+        return_logits = as_flag(return_logits, "return_logits")
         if points is None and labels is not None:
             raise ValueError("labels given without points")
         if points is None and boxes is None and mask_input is None:
@@ -297,6 +303,8 @@ class EfficientViTSamPredictor:
         low-res logits ``B x C x 256 x 256``.
         """
         image = self._single()
+        multimask_output = as_flag(multimask_output, "multimask_output")
+        return_logits = as_flag(return_logits, "return_logits")
         sizes = {}
         if point_coords is not None:
             if point_labels is None:
@@ -330,6 +338,7 @@ class EfficientViTSamPredictor:
                        mask_input: torch.Tensor | None = None, multimask_output: bool = True,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder call (prompt frame): ``(low_res_logits B x C x 256 x 256, scores B x C)``."""
+        multimask_output = as_flag(multimask_output, "multimask_output")
         points = (point_coords, point_labels) if point_coords is not None else None
         encoder = self.model.prompt_encoder
         sparse, dense = encoder(points=points, boxes=boxes, masks=mask_input)
@@ -343,6 +352,7 @@ class EfficientViTSamPredictor:
                 return_logits: bool = False) -> torch.Tensor:
         """``B x C x 256 x 256`` logits to ``B x C x H x W`` masks (bool, or logits) in the
         original frame, a few prompts at a time so large images stay within memory."""
+        return_logits = as_flag(return_logits, "return_logits")
         h, w = image.original_size
         step = max(1, _UPSCALE_ELEMENTS // (h * w * max(1, low_res.shape[1])))
         chunks = []

@@ -19,6 +19,9 @@ Rules (documented here once, referenced by the predictor's docstrings):
 * **Boxes** are XYXY, ``4`` (one) or ``B x 4`` (B boxes), with ``x0 <= x1``, ``y0 <= y1`` and the
   same border rule as points.
 * **mask_input** is ``1 x 256 x 256`` logits for one prompt set, ``B x 1 x 256 x 256`` for B.
+* **Flags** (``multimask_output``, ``return_logits``, ``fast``) are ``True`` or ``False`` (numpy
+  bools too); anything else, ``"no"``, ``1``, ``1.5`` or ``None``, raises a ``TypeError``
+  naming the argument: Python would take ``"no"`` as true and silently turn the option on.
 """
 
 from __future__ import annotations
@@ -67,6 +70,13 @@ def as_rgb_image(image: np.ndarray | Image.Image, image_format: str = "RGB") -> 
     if image_format == "BGR":
         image = image[..., ::-1]
     return np.ascontiguousarray(image)
+
+
+def as_flag(value, name: str) -> bool:
+    """A flag argument as a Python ``bool``; ``True``/``False`` and numpy bools only."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
 def to_numpy(value, name: str, dtype=np.float64) -> np.ndarray:

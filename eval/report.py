@@ -35,8 +35,10 @@ def format_table(settings: dict, summary: dict) -> str:
     width = max(len(k) for k in summary["metrics"])
     lines = [head, "-" * len(head)]
     lines += [f"{k:<{width}}  {_fmt(v):>6}" for k, v in summary["metrics"].items()]
-    if summary["skipped_prompts"] or summary["failed_images"]:
-        lines.append(f"skipped {summary['skipped_prompts']} degenerate prompts, "
+    skipped = {k: n for k, n in summary["skipped"].items() if n}
+    if skipped or summary["failed_images"]:
+        reasons = ", ".join(f"{k} {n}" for k, n in skipped.items()) or "none"
+        lines.append(f"skipped (bad data, not scored): {reasons}; "
                      f"{len(summary['failed_images'])} unreadable images")
     return "\n".join(lines)
 

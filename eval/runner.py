@@ -17,25 +17,35 @@ Modes:
 Crowd annotations (``iscrowd: 1``) are skipped in the mIoU modes by default: a crowd region
 covers many objects, so one object's mask IoU against it means little. The official script
 keeps them; ``include_crowd=True`` (``--include-crowd``) does too, to compare exactly.
-COCOeval handles crowds itself in ``box-from-detector``. Instances with an empty mask or box
-are skipped and counted (``skipped_prompts``).
+COCOeval handles crowds itself in ``box-from-detector``.
+
+Bad data is skipped and counted, never prompted or scored: the summary's ``skipped`` holds a
+count for every :data:`eval.datasets.SKIP_REASONS` key (ground truth with a bad RLE or polygon,
+a malformed, degenerate or off-image box, an empty mask; detections with a bad box or score or
+none of their box on the image). In ``box-from-detector`` the ground truth given to the scorer
+leaves out the annotations whose segmentation fails validation.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from effvit_sam.errors import UserError
 from effvit_sam.geometry import xywh_to_xyxy
 from effvit_sam.masks import mask_to_rle
 
 from .clicks import Click, clicks_to_arrays, first_click, next_click
 from .coco_metrics import LVIS_MAX_DETS, coco_segm_ap, lvis_segm_ap
-from .datasets import EvalDataset, Instance, load_detections
+from .datasets import SKIP_REASONS, EvalDataset, Instance, load_detections
 from .metrics import InstanceResult, mask_iou, miou_table, size_counts
 from .predictors import BatchPredictor, best_masks
 
@@ -68,6 +78,9 @@ class EvalTask:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if (self.mode == "box-from-detector") != (self.detections is not None):
             raise ValueError("a detections file is needed by, and only by, box-from-detector")
+        if self.detections is not None and not Path(self.detections).is_file():
+            # checked here, before any model is built; its content is checked when it is read
+            raise UserError(f"detections file not found: {self.detections}")
 
 
 @dataclass
@@ -77,21 +90,20 @@ class ImageRecord:
     image_id: int
     instances: list[InstanceResult] = field(default_factory=list)
     detections: list[dict] = field(default_factory=list)
-    skipped: int = 0
+    skipped: Counter = field(default_factory=Counter)
     failed: str | None = None
 
 
-def _usable(instances: list[Instance]) -> tuple[list[Instance], list[np.ndarray], int]:
-    """Instances with a non-empty mask and a box of positive size, their masks, and how many
-    were dropped (degenerate annotations would otherwise crash the click simulator)."""
+def _usable(instances: list[Instance]) -> tuple[list[Instance], list[np.ndarray], Counter]:
+    """Instances with a non-empty mask (an empty one would crash the click simulator), their
+    masks, and the count of the others (``empty_mask``). Boxes were checked by the dataset."""
     kept, masks = [], []
     for inst in instances:
-        x0, y0, x1, y1 = inst.box_xyxy
         mask = inst.mask()
-        if x1 > x0 and y1 > y0 and mask.any():
+        if mask.any():
             kept.append(inst)
             masks.append(mask)
-    return kept, masks, len(instances) - len(kept)
+    return kept, masks, Counter({"empty_mask": len(instances) - len(kept)})
 
 
 def eval_image_boxes(predictor: BatchPredictor, image: np.ndarray, instances: list[Instance],
@@ -133,23 +145,25 @@ def eval_image_clicks(predictor: BatchPredictor, image: np.ndarray, instances: l
 
 
 def eval_image_detections(predictor: BatchPredictor, image: np.ndarray, image_id: int,
-                          detections: list[dict]) -> tuple[list[dict], int]:
-    """Masks for a detector's boxes, as COCO results (RLE); also how many boxes were empty.
+                          detections: list[dict]) -> tuple[list[dict], Counter]:
+    """Masks for a detector's boxes, as COCO results (RLE); also the count of boxes with no
+    area on the image (``detection_off_image``).
 
     Boxes are clipped to the image first: detectors emit boxes a little outside it.
     """
     h, w = image.shape[:2]
     boxes = [np.clip(xywh_to_xyxy(d["bbox"]), 0, [w, h, w, h]) for d in detections]
     keep = [i for i, b in enumerate(boxes) if b[2] > b[0] and b[3] > b[1]]
+    skipped = Counter({"detection_off_image": len(detections) - len(keep)})
     if not keep:
-        return [], len(detections)
+        return [], skipped
     predictor.set_image(image)
     masks, scores, _ = predictor.predict_batch(boxes=np.stack([boxes[i] for i in keep]),
                                             multimask_output=True)
     results = [{"image_id": image_id, "category_id": int(detections[i]["category_id"]),
                 "segmentation": mask_to_rle(mask), "score": float(detections[i]["score"])}
                for i, mask in zip(keep, best_masks(masks, scores), strict=True)]
-    return results, len(detections) - len(keep)
+    return results, skipped
 
 
 def eval_image(task: EvalTask, predictor: BatchPredictor, dataset: EvalDataset, image_id: int,
@@ -166,8 +180,9 @@ def eval_image(task: EvalTask, predictor: BatchPredictor, dataset: EvalDataset, 
         record.detections, record.skipped = eval_image_detections(
             predictor, image, image_id, detections or [])
         return record
-    instances, gts, record.skipped = _usable(
-        dataset.instances(image_id, skip_crowd=not task.include_crowd))
+    checked, skipped = dataset.checked_instances(image_id, skip_crowd=not task.include_crowd)
+    instances, gts, empty = _usable(checked)
+    record.skipped = skipped + empty
     if not instances:
         return record
     if task.mode == "box":
@@ -195,10 +210,11 @@ def run_evaluation(task: EvalTask, predictor: BatchPredictor, dataset: EvalDatas
         raise ValueError("several processes need a gather function (accelerate's gather_object)")
     image_ids = dataset.image_ids[: task.limit]
     mine = image_ids[process_index::num_processes]
-    detections = None
+    detections, detection_skips = None, Counter()
     if task.mode == "box-from-detector":
         max_dets = LVIS_MAX_DETS if dataset.kind == "lvis" else None
-        detections = load_detections(task.detections, dataset, max_per_image=max_dets)
+        detections, detection_skips = load_detections(task.detections, dataset,
+                                                      max_per_image=max_dets)
     records = []
     for image_id in tqdm(mine, desc=f"eval {task.mode}", disable=process_index != 0):
         per_image = detections[image_id] if detections is not None else None
@@ -207,25 +223,33 @@ def run_evaluation(task: EvalTask, predictor: BatchPredictor, dataset: EvalDatas
         records = gather(records)
     if process_index != 0:
         return None
-    return summarize(task, dataset, records)
+    return summarize(task, dataset, records, skipped=detection_skips)
 
 
-def summarize(task: EvalTask, dataset: EvalDataset, records: list[ImageRecord]) -> dict:
-    """Metrics and counts from every image's record (any order)."""
+def summarize(task: EvalTask, dataset: EvalDataset, records: list[ImageRecord], *,
+              skipped: Counter | None = None) -> dict:
+    """Metrics and counts from every image's record (any order); ``skipped``: counts from
+    outside the records (the detections file's), added to the records' own."""
     records = sorted(records, key=lambda r: r.image_id)
     failed = [r.image_id for r in records if r.failed]
     if records and len(failed) == len(records):
         raise RuntimeError(f"every image failed to load; first error: {records[0].failed}")
+    counts = Counter(skipped or {})
+    for r in records:
+        counts.update(r.skipped)
     summary: dict = {"num_images": len(records) - len(failed), "failed_images": failed,
-                     "skipped_prompts": sum(r.skipped for r in records)}
+                     "skipped": {reason: counts[reason] for reason in SKIP_REASONS}}
     if task.mode == "box-from-detector":
         results = [d for r in records for d in r.detections]
         scored_ids = [r.image_id for r in records if not r.failed]
         summary["num_detections"] = len(results)
+        gt, gt_skipped = dataset.scorable_data(scored_ids)
+        for reason, n in gt_skipped.items():
+            summary["skipped"][reason] += n
         if dataset.kind == "lvis":
-            summary["metrics"] = lvis_segm_ap(dataset.annotations_path, results, scored_ids)
+            summary["metrics"] = _lvis_ap(dataset, gt, results, scored_ids)
         else:
-            summary["metrics"] = coco_segm_ap(dataset.data, results, scored_ids)
+            summary["metrics"] = coco_segm_ap(gt, results, scored_ids)
         return summary
     instances = [inst for r in records for inst in r.instances]
     summary["num_instances"] = size_counts(instances)
@@ -235,3 +259,14 @@ def summarize(task: EvalTask, dataset: EvalDataset, records: list[ImageRecord]) 
         rounds = sorted({c for c in REPORTED_CLICKS if c <= task.num_clicks} | {task.num_clicks})
         summary["metrics"] = miou_table(instances, rounds=rounds)
     return summary
+
+
+def _lvis_ap(dataset: EvalDataset, gt: dict, results: list[dict], image_ids: list[int]) -> dict:
+    """LVIS AP against ``gt``: the annotation file itself when nothing was left out of it, else
+    a checked copy written to a temporary file (``lvis.LVIS`` reads only paths)."""
+    if gt is dataset.data:
+        return lvis_segm_ap(dataset.annotations_path, results, image_ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / dataset.annotations_path.name
+        path.write_text(json.dumps(gt))
+        return lvis_segm_ap(path, results, image_ids)

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from effvit_sam.errors import UserError
 from effvit_sam.masks import mask_to_rle, segmentation_to_rle
 from eval.clicks import PAD_LABEL, Click, clicks_to_arrays, first_click, next_click
 from eval.coco_metrics import coco_segm_ap, lvis_segm_ap
-from eval.datasets import EvalDataset, load_detections
+from eval.datasets import SKIP_REASONS, EvalDataset, load_detections
 from eval.metrics import InstanceResult, mask_iou, miou_table
 
 from .eval_toyset import toy_masks, write_toyset
@@ -168,11 +169,137 @@ def test_load_detections_groups_and_caps(tmp_path):
                                           "score": 1.0}]
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(dets))
-    grouped = load_detections(path, ds, max_per_image=2)
+    grouped, skipped = load_detections(path, ds, max_per_image=2)
     assert [d["score"] for d in grouped[1]] == [0.9, 0.5] and grouped[2] == []
+    assert skipped == {}
     path.write_text(json.dumps([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]))
     with pytest.raises(ValueError, match="category_id"):
         load_detections(path, ds)
+
+
+TOO_SHORT = {"size": [64, 80], "counts": "0"}  # pycocotools would decode uninitialised memory
+
+
+def break_annotations(path, changes: dict[int, dict]) -> None:
+    """Rewrite a toy set's annotation file: ``changes[ann_id]`` is merged into that annotation."""
+    data = json.loads(path.read_text())
+    for ann in data["annotations"]:
+        ann.update(changes.get(ann["id"], {}))
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"segmentation": TOO_SHORT}, "bad_rle"),
+    ({"segmentation": {"size": [64, 80], "counts": "0Pl"}}, "bad_rle"),  # ends inside a value
+    ({"segmentation": {"size": [80, 64], "counts": mask_to_rle(np.ones((80, 64), bool))[
+        "counts"]}}, "bad_rle"),  # an RLE of another image size
+    ({"segmentation": [[10, 5, 30, 5, 30]]}, "bad_polygon"),
+    ({"segmentation": [[10, 5, 30, 5, float("nan"), 25]]}, "bad_polygon"),
+    ({"bbox": [200, 5, 20, 20]}, "box_off_image"),  # image 1 is 80 wide
+    ({"bbox": [70, 5, 12, 20]}, "box_off_image"),  # 2 px past the right edge
+    ({"bbox": [-5, -30, 20, 20]}, "box_off_image"),
+    ({"bbox": [10, 5, 0, 20]}, "degenerate_box"),
+    ({"bbox": [10, 5, 20, -3]}, "degenerate_box"),
+    ({"bbox": [10, 5, float("nan"), 20]}, "bad_box"),
+    ({"bbox": [10, 5, 20]}, "bad_box"),
+    ({"bbox": "10 5 20 20"}, "bad_box"),
+])
+def test_bad_ground_truth_is_skipped_and_counted(tmp_path, change, reason):
+    ann, images, _ = write_toyset(tmp_path, "coco")
+    break_annotations(ann, {11: change})
+    instances, skipped = EvalDataset("coco", ann, images).checked_instances(1)
+    assert [i.ann_id for i in instances] == [12] and skipped == {reason: 1}
+
+
+def test_ground_truth_box_within_a_pixel_of_the_border_is_kept(tmp_path):
+    ann, images, _ = write_toyset(tmp_path, "coco")
+    break_annotations(ann, {11: {"bbox": [-0.5, -1.0, 81.0, 65.0]}})  # 1 px out at most
+    instances, skipped = EvalDataset("coco", ann, images).checked_instances(1)
+    assert [i.ann_id for i in instances] == [11, 12] and skipped == {}
+
+
+def test_scorer_ground_truth_leaves_out_bad_segmentations(tmp_path):
+    ann, images, _ = write_toyset(tmp_path, "coco")
+    break_annotations(ann, {11: {"segmentation": TOO_SHORT}, 13: {"segmentation": [[1, 2]]}})
+    ds = EvalDataset("coco", ann, images)
+    gt, skipped = ds.scorable_data([1, 2])
+    assert skipped == {"bad_rle": 1, "bad_polygon": 1}  # the crowd (13) is scored: checked too
+    assert sorted(a["id"] for a in gt["annotations"]) == [12, 21, 22]
+    assert len(ds.data["annotations"]) == 5  # the dataset itself is untouched
+    assert ds.scorable_data([2]) == (ds.data, {})  # --limit: only the scored images are read
+
+
+def test_dataset_kind_checked_against_the_file_both_ways(tmp_path):
+    coco_ann, coco_images, _ = write_toyset(tmp_path / "c", "coco")
+    lvis_ann, lvis_images, _ = write_toyset(tmp_path / "l", "lvis")
+    with pytest.raises(UserError) as err:
+        EvalDataset("lvis", coco_ann, coco_images)
+    assert str(err.value) == (f"{coco_ann} looks like a COCO file (images have file_name, "
+                              "categories have no 'frequency'); use --dataset coco")
+    with pytest.raises(UserError) as err:
+        EvalDataset("coco", lvis_ann, lvis_images)
+    assert str(err.value) == (
+        f"{lvis_ann} looks like an LVIS file (images have coco_url and "
+        "not_exhaustive_category_ids but no file_name, categories have 'frequency'); use "
+        "--dataset lvis")
+    data = json.loads(lvis_ann.read_text())
+    del data["categories"][1]["frequency"]
+    del data["images"][0]["neg_category_ids"]
+    lvis_ann.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="is not a complete LVIS file: 1 of 2 images have no "
+                       "'neg_category_ids'; 1 of 2 categories have no 'frequency'"):
+        EvalDataset("lvis", lvis_ann, lvis_images)
+    with pytest.raises(UserError, match="looks like an LVIS file"):
+        EvalDataset("coco", lvis_ann, lvis_images)
+
+
+def test_malformed_annotation_files_name_the_file(tmp_path):
+    ann, images, _ = write_toyset(tmp_path, "coco")
+    bad = tmp_path / "bad.json"
+    for text, message in [("{not json", "is not JSON"), ("[1, 2]", "the top level is a list"),
+                          (json.dumps({"images": [{"id": 1}], "annotations": [],
+                                       "categories": []}), "image 0 needs an int 'id'"),
+                          (json.dumps({"images": [], "annotations": [{"id": 1}],
+                                       "categories": []}), "annotations entry 0 is not an "
+                           "object with 'id', 'image_id', 'category_id', 'area'"),
+                          (json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 4,
+                                       "category_id": 1, "area": 9}], "categories": []}),
+                           "names unknown image 4")]:
+        bad.write_text(text)
+        with pytest.raises(UserError, match=message) as err:
+            EvalDataset("coco", bad, images)
+        assert str(bad) in str(err.value)
+
+
+def test_detections_with_bad_boxes_or_scores_are_skipped_and_counted(tmp_path):
+    ann, images, _ = write_toyset(tmp_path, "coco")
+    ds = EvalDataset("coco", ann, images)
+    good = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}
+    dets = [good, {**good, "bbox": [0, 0, 0, 5]}, {**good, "bbox": [0, 0, 5]},
+            {**good, "bbox": [0, float("inf"), 5, 5]}, {**good, "score": "high"},
+            {**good, "score": float("nan")}, {**good, "score": None}]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    grouped, skipped = load_detections(path, ds)
+    assert grouped[1] == [good] and skipped == {"detection_bad_box": 3, "detection_bad_score": 3}
+    assert set(skipped) <= set(SKIP_REASONS)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "is not JSON"),
+    (json.dumps({"annotations": []}), "is not a COCO results list \\(the top level is a dict"),
+    (json.dumps([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]), "entry 0 is not an object"),
+    (json.dumps([7]), "entry 0 is not an object with image_id, category_id, bbox and score"),
+])
+def test_malformed_detections_file_is_a_user_error_naming_it(tmp_path, text, message):
+    ann, images, _ = write_toyset(tmp_path, "coco")
+    path = tmp_path / "dets.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as err:
+        load_detections(path, EvalDataset("coco", ann, images))
+    assert str(path) in str(err.value)
+    with pytest.raises(UserError, match="detections file not found"):
+        load_detections(tmp_path / "none.json", EvalDataset("coco", ann, images))
 
 
 # --- AP scorers ---------------------------------------------------------------------------

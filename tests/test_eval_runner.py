@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from effvit_sam.errors import UserError
+from effvit_sam.masks import mask_to_rle
 from eval.cli import main
-from eval.datasets import EvalDataset
+from eval.datasets import SKIP_REASONS, EvalDataset
+from eval.report import format_table
 from eval.runner import EvalTask, run_evaluation
 
 from .eval_toyset import (
@@ -24,6 +27,7 @@ from .eval_toyset import (
     toy_masks,
     write_toyset,
 )
+from .test_eval_metrics import TOO_SHORT, break_annotations
 
 TRIANGLE = 465 / 900  # IoU of the triangle with its filled box
 
@@ -144,6 +148,64 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path):
     assert summary["failed_images"] == [2] and summary["num_instances"]["all"] == 2
 
 
+def _counts(**nonzero) -> dict[str, int]:
+    return {**dict.fromkeys(SKIP_REASONS, 0), **nonzero}
+
+
+BROKEN = {11: {"segmentation": TOO_SHORT}, 21: {"bbox": [20, 300, 40, 50]},  # image 2: 120 high
+          22: {"bbox": [0, 20, 100, 0]}}
+
+
+@pytest.mark.parametrize("mode", ["box", "point"])
+def test_bad_ground_truth_counted_never_prompted_and_runs_identical(tmp_path, mode):
+    """A too-short RLE, an off-image box and a degenerate box: skipped and counted; only the
+    triangle (ann 12) is prompted, and two runs agree exactly (pycocotools would have decoded
+    the too-short RLE from uninitialised memory, a different mask each run)."""
+    ann, images, truth = write_toyset(tmp_path, "coco")
+    break_annotations(ann, BROKEN)
+    runs = []
+    for _ in range(2):
+        predictor = (BoxFillPredictor() if mode == "box" else SquareClickPredictor())
+        runs.append((run_evaluation(EvalTask(mode, num_clicks=2), predictor,
+                                    EvalDataset("coco", ann, images)), predictor))
+    (first, predictor), (second, _) = runs
+    assert first == second
+    assert first["skipped"] == _counts(bad_rle=1, box_off_image=1, degenerate_box=1)
+    assert first["num_instances"]["all"] == 1
+    prompted = [len(c["boxes"] if mode == "box" else c["points"]) for c in predictor.calls]
+    assert prompted == ([1] if mode == "box" else [1, 1])  # image 2 has nothing left to prompt
+    if mode == "box":
+        assert first["metrics"]["mIoU"] == pytest.approx(100 * TRIANGLE)
+    table = format_table({"model": "m", "dataset": "coco", "mode": mode}, first)
+    assert "skipped (bad data, not scored): bad_rle 1, degenerate_box 1, box_off_image 1" in table
+
+
+def test_empty_ground_truth_mask_counted(tmp_path):
+    ann, images, truth = write_toyset(tmp_path, "coco")
+    break_annotations(ann, {11: {"segmentation": mask_to_rle(np.zeros((64, 80), bool))}})
+    summary = run_evaluation(EvalTask("box"), OraclePredictor(truth),
+                             EvalDataset("coco", ann, images))
+    assert summary["skipped"] == _counts(empty_mask=1) and summary["num_instances"]["all"] == 3
+
+
+@pytest.mark.parametrize("kind, ap", [
+    # COCO: ann 11's detection (score 0.9) now matches no GT: category 1 precision 2/3 at every
+    # recall; category 2 exact. LVIS ignores it: image 1 has no category-1 GT left and does
+    # not list category 1 as negative.
+    ("coco", 100 * (2 / 3 + 1) / 2), ("lvis", 100.0)])
+def test_detector_mode_scores_without_bad_ground_truth(tmp_path, kind, ap):
+    ann, images, truth = write_toyset(tmp_path, kind)
+    break_annotations(ann, {11: {"segmentation": TOO_SHORT}})
+    bad = [{"image_id": 1, "category_id": 1, "bbox": [200, 200, 10, 10], "score": 0.4},
+           {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": None}]
+    task = EvalTask("box-from-detector", detections=_detections(tmp_path / "d.json", bad))
+    first, second = (run_evaluation(task, OraclePredictor(truth), EvalDataset(kind, ann, images))
+                     for _ in range(2))
+    assert first == second
+    assert first["skipped"] == _counts(bad_rle=1, detection_off_image=1, detection_bad_score=1)
+    assert first["num_detections"] == 4 and first["metrics"]["AP"] == pytest.approx(ap)
+
+
 def test_processes_take_disjoint_slices_and_gather_on_the_main_one(tmp_path):
     ann, images, truth = write_toyset(tmp_path, "coco")
     dataset = EvalDataset("coco", ann, images)
@@ -161,6 +223,11 @@ def test_processes_take_disjoint_slices_and_gather_on_the_main_one(tmp_path):
     with pytest.raises(ValueError, match="process_index"):
         run_evaluation(EvalTask("box"), oracle, dataset, process_index=2, num_processes=2,
                        gather=list)
+
+
+def test_missing_detections_file_rejected_before_any_model(tmp_path):
+    with pytest.raises(UserError, match=f"detections file not found: {tmp_path / 'd.json'}"):
+        EvalTask("box-from-detector", detections=str(tmp_path / "d.json"))
 
 
 def test_task_rejects_bad_settings():
@@ -257,6 +324,24 @@ def test_cli_reports_bad_settings_as_user_errors(tmp_path, capsys):
         main(_cli_args(tmp_path, "coco", "box", "--detections", "d.json"))
     with pytest.raises(UserError, match="--limit must be >= 1, got 0"):
         main(_cli_args(tmp_path, "coco", "box", "--limit", "0"))
+
+
+def test_cli_dataset_flavour_mismatch_and_skip_counts_in_the_report(tmp_path, capsys):
+    args = _cli_args(tmp_path, "coco", "box")
+    args[args.index("--dataset") + 1] = "lvis"
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "looks like a COCO file (images have file_name, categories have no 'frequency'); " \
+        "use --dataset coco" in capsys.readouterr().err
+    args[args.index("--dataset") + 1] = "coco"
+    break_annotations(Path(args[args.index("--annotations") + 1]), BROKEN)
+    out = tmp_path / "r.json"
+    assert main([*args, "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["skipped"] == _counts(bad_rle=1, box_off_image=1, degenerate_box=1)
+    assert report["num_instances"]["all"] == 1
+    assert "bad_rle 1" in capsys.readouterr().out
 
 
 def test_cli_point_and_detector_end_to_end(tmp_path):

@@ -3,6 +3,8 @@ SAM model, batching, image formats and clear errors for bad input."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -303,3 +305,36 @@ def test_bad_formats_and_torch_inputs(tiny_predictor):
         tiny_predictor.predict_torch(torch.zeros(4, 2), torch.ones(4))
     with pytest.raises(ValueError, match="disagree"):
         tiny_predictor.predict_torch(torch.zeros(2, 1, 2), torch.ones(2, 1), torch.zeros(3, 4))
+
+
+# -- flags ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["no", "", 1.5, None, 1, 0, [True]])
+@pytest.mark.parametrize("flag", ["multimask_output", "return_logits"])
+def test_flags_must_be_bools(tiny_predictor, flag, value):
+    """``multimask_output="no"`` used to be taken as true; every flag-like argument now
+    raises a TypeError naming itself, on every entry point."""
+    tiny_predictor.set_image(_image())
+    message = f"^{flag} must be True or False, got {re.escape(repr(value))}"
+    with pytest.raises(TypeError, match=message):
+        tiny_predictor.predict(boxes=[10, 10, 90, 80], **{flag: value})
+    with pytest.raises(TypeError, match=message):
+        tiny_predictor.predict_torch(None, None, boxes=torch.tensor([[10.0, 10, 90, 80]]),
+                                     **{flag: value})
+    with pytest.raises(TypeError, match=message):
+        tiny_predictor.predict_batch([{"boxes": [10, 10, 90, 80]}], **{flag: value})
+    with pytest.raises(TypeError, match=re.escape(f"prompts[0]['{flag}'] must be True or False")):
+        tiny_predictor.predict_batch([{"boxes": [10, 10, 90, 80], flag: value}])
+
+
+def test_numpy_bools_are_flags_and_fast_is_checked(tiny_predictor):
+    tiny_predictor.set_image(_image())
+    box = [10, 10, 90, 80]
+    want = tiny_predictor.predict(boxes=box, multimask_output=False, return_logits=True)
+    got = tiny_predictor.predict(boxes=box, multimask_output=np.bool_(False),
+                                 return_logits=np.array(True)[()])
+    assert got[0].shape == (1, 120, 200) and got[0].dtype == np.float32
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="fast must be True or False, got 'yes'"):
+        EfficientViTSamPredictor(tiny_predictor.model, fast="yes")

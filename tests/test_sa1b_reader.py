@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from distill.sa1b import SKIP_REASONS, SkipStats, collate_sa1b, sa1b_dataset
+from distill.sa1b import (
+    ANNOTATION_SKIP_REASONS,
+    SKIP_REASONS,
+    SkipSample,
+    SkipStats,
+    collate_sa1b,
+    decode_sample,
+    sa1b_dataset,
+)
 from distill.synthetic_writers import write_sa1b_shards
 from effvit_sam.geometry import mask_to_low_res, preprocess_image, preprocess_shape
 
@@ -191,14 +200,41 @@ def corrupt_shard(shards, tmp_path_factory) -> str:
         add("sa_904", jpg, {**record, "annotations": []})
         add("sa_905", jpg, None)
         wrong = json.loads(json.dumps(record))
-        wrong["annotations"][-1]["segmentation"]["size"] = [7, 9]  # an RLE of another image
+        for ann in wrong["annotations"]:
+            ann["segmentation"]["size"] = [7, 9]  # the json of another image
         add("sa_906", jpg, wrong)
+        add("sa_907", jpg, with_bad_annotations(record))  # kept, its 3 bad annotations counted
+        all_bad = json.loads(json.dumps(record))
+        for ann in all_bad["annotations"]:
+            ann["segmentation"]["counts"] = "0"
+        add("sa_908", jpg, all_bad)
         add(good[1][0], good[1][1]["jpg"], good[1][1]["json"])
     return str(path)
 
 
-EXPECTED_SKIPS = {**dict.fromkeys(SKIP_REASONS, 0), "bad_image": 2, "bad_json": 1,
-                  "no_annotations": 1, "missing_member": 1, "size_mismatch": 1}
+BAD_ANNOTATIONS = 3
+
+
+def with_bad_annotations(record: dict) -> dict:
+    """``record`` with a too-short, a garbage and a wrong-size RLE added among its annotations
+    (each with a positive ``area``, so only the RLE check can catch them)."""
+    out = json.loads(json.dumps(record))
+    anns = out["annotations"]
+    h, w = anns[0]["segmentation"]["size"]
+    bad = [{"size": [h, w], "counts": "0"}, {"size": [h, w], "counts": "ab~~"},
+           {**anns[0]["segmentation"], "size": [h, w + 1]}]
+    for i, seg in enumerate(bad):
+        anns.insert(2 * i, {**anns[0], "id": 9000 + i, "segmentation": seg, "area": 100})
+    return out
+
+
+def expected_skips(shards) -> dict[str, int]:
+    """The corrupt shard's counts: samples by reason, and the bad RLEs of sa_907 and of sa_908
+    (whose every annotation is bad)."""
+    first = next(iter(raw_members(shards[0]).values()))["json"]["annotations"]
+    return {**dict.fromkeys(SKIP_REASONS + ANNOTATION_SKIP_REASONS, 0), "bad_image": 2,
+            "bad_json": 1, "no_annotations": 2, "missing_member": 1, "size_mismatch": 1,
+            "bad_rle": BAD_ANNOTATIONS + sum(a["area"] > 0 for a in first)}
 
 
 def test_corrupt_samples_skipped_counted_and_logged(corrupt_shard, shards, caplog):
@@ -206,12 +242,45 @@ def test_corrupt_samples_skipped_counted_and_logged(corrupt_shard, shards, caplo
     stats = SkipStats()
     with caplog.at_level(logging.WARNING, logger="distill.sa1b"):
         samples = list(sa1b_dataset(corrupt_shard, encoder_size=ENC, max_masks=2))
-    assert [s["key"] for s in samples] == good
+    assert [s["key"] for s in samples] == [good[0], "sa_907", good[1]]
     for s in samples:
         stats.update(s)
-    assert stats.totals == EXPECTED_SKIPS
-    for key in ("sa_901", "sa_902", "sa_903", "sa_904", "sa_905", "sa_906"):
+    assert stats.totals == expected_skips(shards)
+    for key in ("sa_901", "sa_902", "sa_903", "sa_904", "sa_905", "sa_906", "sa_908"):
         assert key in caplog.text
+    assert "sa_907: passing over 3 of" in caplog.text and "too short" in caplog.text
+
+
+def test_bad_annotations_passed_over_counted_and_the_rest_kept(shards):
+    """A sample with a too-short, a garbage and a wrong-size RLE among its annotations trains on
+    exactly what the same sample without them gives (same masks, same boxes, same sampling)."""
+    stem, member = next(iter(raw_members(shards[0]).items()))
+    clean = {"__key__": stem, "jpg": member["jpg"], "json": json.dumps(member["json"]).encode()}
+    dirty = {**clean, "json": json.dumps(with_bad_annotations(member["json"])).encode()}
+    for max_masks in (2, 1000):
+        counts = Counter()
+        got = decode_sample(dirty, encoder_size=ENC, max_masks=max_masks, seed=3,
+                            skip_counts=counts)
+        want = decode_sample(clean, encoder_size=ENC, max_masks=max_masks, seed=3)
+        assert counts == {"bad_rle": BAD_ANNOTATIONS}
+        assert torch.equal(got["masks"], want["masks"]) and len(got["masks"]) >= 1
+        assert torch.equal(got["boxes"], want["boxes"])
+    good = len(member["json"]["annotations"])
+    assert len(got["masks"]) == good  # every good annotation is visible at 256 x 256 here
+
+
+def test_sample_whose_every_annotation_is_bad_is_skipped(shards):
+    stem, member = next(iter(raw_members(shards[0]).items()))
+    record = json.loads(json.dumps(member["json"]))
+    for ann in record["annotations"]:
+        ann["segmentation"]["counts"] = ann["segmentation"]["counts"][:-2]  # truncated
+    counts = Counter()
+    with pytest.raises(SkipSample) as skip:
+        decode_sample({"__key__": stem, "jpg": member["jpg"], "json": json.dumps(record).encode()},
+                      encoder_size=ENC, max_masks=2, seed=0, skip_counts=counts)
+    assert skip.value.reason == "no_annotations" and "every annotation's RLE is bad" in str(
+        skip.value)
+    assert counts == {"bad_rle": len(record["annotations"])}
 
 
 def test_skip_counts_reach_the_main_process_from_workers(corrupt_shard, shards):
@@ -220,7 +289,7 @@ def test_skip_counts_reach_the_main_process_from_workers(corrupt_shard, shards):
     stats = SkipStats()
     for batch in loader:
         stats.update(batch)
-    assert stats.totals == EXPECTED_SKIPS
+    assert stats.totals == expected_skips(shards)
 
 
 def test_truncated_shard_warns_and_continues(shards, tmp_path, caplog):
