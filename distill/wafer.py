@@ -7,11 +7,11 @@ up to a few hundred pixels long), **particles** (discs of 3 to 8 pixels radius) 
 on the seams of a tile grid (``seam_tile`` / ``seam_overlap``) so that they are cut by tile
 edges. Each die's mask is its visible body (the die minus the defects on it).
 
-The image is written as a tiled BigTIFF one ``write_tile`` tile at a time (tifffile), and every
-object's mask is made on its own bounding box, so a 20000 x 20000 wafer needs tens of MB of
-memory. Ground truth is COCO JSON with whole-image compressed RLEs and whole-pixel boxes
-(:mod:`effvit_sam.masks`); annotations carry ``crosses_seam`` (not inside any single tile of the
-seam grid).
+The image is written as a tiled BigTIFF one TIFF tile at a time (tifffile), and every object's
+mask is made on its own bounding box, so a 20000 x 20000 wafer needs tens of MB of memory.
+Ground truth is COCO JSON with whole-image compressed RLEs and whole-pixel boxes
+(:mod:`effvit_sam.masks`); annotations carry ``crosses_seam`` (an edge of a tile of the seam
+grid cuts them: some tile sees only part of them).
 
     effvit-sam make-wafer wafer.tif --size 20000 --json wafer.json --seam-tile 512
 
@@ -260,10 +260,14 @@ class Wafer:
             tmp, self.tiles(tile), shape=(self.height, self.width, 3), dtype=np.uint8,
             tile=(tile, tile), bigtiff=True, photometric="rgb"))
 
-    def _crosses_seam(self, rect: tuple[int, int, int, int]) -> bool:
+    def crosses_seam(self, rect: tuple[int, int, int, int]) -> bool:
+        """Whether a tile edge of the seam grid cuts ``rect`` (some tile sees only part of
+        it: the merge must join that part with the rest)."""
         windows = tile_grid(self.height, self.width, self.seam_tile, self.seam_overlap)
-        return not any(w.x0 <= rect[0] and w.y0 <= rect[1] and rect[2] <= w.x1
-                       and rect[3] <= w.y1 for w in windows)
+        x0, y0, x1, y1 = rect
+        return any(w.x0 < x1 and x0 < w.x1 and w.y0 < y1 and y0 < w.y1  # overlaps the tile
+                   and not (w.x0 <= x0 and w.y0 <= y0 and x1 <= w.x1 and y1 <= w.y1)
+                   for w in windows)
 
     def objects(self) -> Iterator[tuple[str, np.ndarray, int, int]]:
         """``(category, crop mask, x0, y0)`` of every die (visible body) and defect."""
@@ -292,7 +296,7 @@ class Wafer:
                 "segmentation": cropped_mask_to_rle(crop, x0, y0, self.height, self.width),
                 "area": int(crop.sum()),
                 "bbox": [float(x0), float(y0), float(crop.shape[1]), float(crop.shape[0])],
-                "iscrowd": 0, "crosses_seam": self._crosses_seam(rect)})
+                "iscrowd": 0, "crosses_seam": self.crosses_seam(rect)})
         return {"info": {"description": "made wafer", "seed": self.seed,
                          "seam_tile": self.seam_tile, "seam_overlap": self.seam_overlap},
                 "images": [{"id": 1, "file_name": file_name, "height": self.height,

@@ -70,6 +70,21 @@ class CroppedMask:
                                                                 a0 - self.x0: a1 - self.x0]
         return out
 
+    def downscaled(self, factor: int, size: tuple[int, int]) -> np.ndarray:
+        """The mask on the grid of the image shrunk by ``factor`` (``size`` = its ``(h, w)``,
+        ``ceil(H / factor) x ceil(W / factor)``): a pixel is set when any native pixel of its
+        ``factor x factor`` block is, so one-pixel defects stay visible."""
+        out = np.zeros(size, dtype=bool)
+        if not self.mask.size:
+            return out
+        f = factor
+        x0, y0, x1, y1 = self.rect
+        bx0, by0, bx1, by1 = x0 // f, y0 // f, -(-x1 // f), -(-y1 // f)
+        blocks = np.zeros(((by1 - by0) * f, (bx1 - bx0) * f), dtype=bool)
+        blocks[y0 - by0 * f: y1 - by0 * f, x0 - bx0 * f: x1 - bx0 * f] = self.mask
+        out[by0:by1, bx0:bx1] = blocks.reshape(by1 - by0, f, bx1 - bx0, f).any((1, 3))
+        return out
+
     def to_rle(self) -> dict:
         """COCO compressed RLE of the whole ``H x W`` image."""
         height, width = self.image_size
