@@ -184,6 +184,7 @@ class TiledSamPredictor:
         check_tiling(self.tile, self.overlap)
         self.cache = TileEmbeddingCache(cache_bytes)
         self.source: ImageSource | None = None
+        self._owns_source = False
         self.windows: list[Window] = []
 
     @property
@@ -198,12 +199,19 @@ class TiledSamPredictor:
         """Use ``image``: an ``H x W x 3`` uint8 array, a path (TIFF/BigTIFF read lazily, other
         formats by PIL up to ``max_pixels``) or an ImageSource. Nothing is encoded yet."""
         source = open_source(image, max_pixels=max_pixels)
-        close = getattr(self.source, "close", None)
-        if close is not None and self.source is not source:
-            close()
+        self.close()
         self.source = source
+        self._owns_source = source is not image  # opened here, so closed here
         self.cache.clear()
         self.windows = tile_grid(source.height, source.width, self.tile, self.overlap)
+
+    def close(self) -> None:
+        """Close the image file opened by :meth:`set_image` (a source passed in stays open)."""
+        close = getattr(self.source, "close", None)
+        if close is not None and self._owns_source:
+            close()
+        self.source = None
+        self.cache.clear()
 
     def window_for(self, rect: Rect) -> Window:
         """The window serving a prompt whose extent is ``rect`` (full frame).
@@ -278,9 +286,11 @@ class TiledSamPredictor:
                 raise ValueError(f"box must be one XYXY box, got shape {box.shape}")
             corners.append(box.reshape(2, 2))
         xy = np.concatenate(corners)
-        lo, hi = np.floor(xy.min(0)).astype(int), np.ceil(xy.max(0)).astype(int)
-        rect = (max(0, lo[0]), max(0, lo[1]), min(size[1], max(hi[0], lo[0] + 1)),
-                min(size[0], max(hi[1], lo[1] + 1)))
+        # The pixels the prompts touch (a point on the right/bottom border is in the last one).
+        far = np.array([size[1], size[0]])
+        lo = np.clip(np.floor(xy.min(0)), 0, far - 1).astype(int)
+        hi = np.clip(np.ceil(xy.max(0)), lo + 1, far).astype(int)
+        rect = (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
         window = self.window_for(rect)
         encoded, hit = self.encode(window)
         predictor, s = self.predictor, window.scale

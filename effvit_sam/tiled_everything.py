@@ -153,6 +153,13 @@ class TiledMaskGenerator:
                         max_pixels: int = PIL_MAX_PIXELS) -> list[MergedMask]:
         """The merged masks of ``image`` (array, path or ImageSource), largest first."""
         source = open_source(image, max_pixels=max_pixels)
+        try:
+            return self._generate(source, state_path)
+        finally:
+            if source is not image and hasattr(source, "close"):
+                source.close()
+
+    def _generate(self, source: ImageSource, state_path: str | Path | None) -> list[MergedMask]:
         size = (source.height, source.width)
         windows = tile_grid(source.height, source.width, self.tile, self.overlap)
         settings = self._settings(source)

@@ -176,11 +176,14 @@ def merge_tile_masks(tile_masks: list[list[TileMask]], windows: list[Rect], *,
     flat = [m for masks in tile_masks for m in masks]
     first = np.cumsum([0] + [len(masks) for masks in tile_masks])
     parent = list(range(len(flat)))
+    rects = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
     for i in range(len(windows)):
-        for j in range(i + 1, len(windows)):
+        x0, y0, x1, y1 = rects[i]
+        later = rects[i + 1:]
+        neighbours = np.flatnonzero((later[:, 0] < x1) & (x0 < later[:, 2])
+                                    & (later[:, 1] < y1) & (y0 < later[:, 3])) + i + 1
+        for j in neighbours:
             band = intersect(windows[i], windows[j])
-            if band is None:
-                continue
             for a in range(first[i], first[i + 1]):
                 for b in range(first[j], first[j + 1]):
                     if band_iou(flat[a].mask, flat[b].mask, band) >= merge_iou:

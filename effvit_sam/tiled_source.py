@@ -70,6 +70,15 @@ class ArraySource:
         check_window(self, x0, y0, x1, y1)
         return np.ascontiguousarray(as_rgb_image(np.asarray(self.array[y0:y1, x0:x1])))
 
+    def close(self) -> None:
+        """Nothing to release (the array belongs to the caller); sources share the API."""
+
+    def __enter__(self) -> ArraySource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class TiffSource:
     """Page 0 of a TIFF/BigTIFF file, read by memory map or segment by segment (see module)."""

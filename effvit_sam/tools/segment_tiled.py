@@ -114,16 +114,21 @@ def _check(args: argparse.Namespace) -> None:
 
 def run_tiled(args: argparse.Namespace) -> int:
     """Tiled segmentation of ``args.image`` (the options of :func:`build_parser`)."""
-    from ..tiled import TiledSamPredictor, check_tiling
     from ..tiled_source import PIL_MAX_PIXELS, open_source
-    from .segment import load_model
 
     _check(args)
     output = args.output or Path(f"{args.image.stem}_overview.png")
     fmt = Image.registered_extensions().get(output.suffix.lower())
     if fmt is None:
         raise UserError(f"--output {output}: unknown picture format (use .png or .jpg)")
-    source = open_source(args.image, max_pixels=args.max_pixels or PIL_MAX_PIXELS)
+    with open_source(args.image, max_pixels=args.max_pixels or PIL_MAX_PIXELS) as source:
+        return _run(args, source, output, fmt)
+
+
+def _run(args: argparse.Namespace, source, output: Path, fmt: str) -> int:
+    from ..tiled import TiledSamPredictor, check_tiling
+    from .segment import load_model
+
     model = load_model(args.model, args.checkpoint, args.random_weights)
     if args.everything:
         from ..automatic import EfficientViTSamAutomaticMaskGenerator
