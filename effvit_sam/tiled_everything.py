@@ -66,12 +66,17 @@ class AutomaticTileSegmenter:
 
     def settings(self) -> dict[str, Any]:
         g = self.generator
-        return {"model": type(g.predictor.model).__name__,
+        # A fingerprint of the weights, so a resumed run with other weights is refused.
+        weights = sum(float(p.detach().flatten()[:4096].double().sum())
+                      for p in g.predictor.model.parameters())
+        return {"model": type(g.predictor.model).__name__, "weights": round(weights, 6),
                 "encoder_size": g.predictor.encoder_size,
                 "points": [len(grid) for grid in g.point_grids],
                 "pred_iou_thresh": g.pred_iou_thresh,
                 "stability_score_thresh": g.stability_score_thresh,
-                "box_nms_thresh": g.box_nms_thresh, "crop_n_layers": g.crop_n_layers}
+                "stability_score_offset": g.stability_score_offset,
+                "box_nms_thresh": g.box_nms_thresh, "crop_n_layers": g.crop_n_layers,
+                "min_mask_region_area": g.min_mask_region_area}
 
     def encode(self, images: list[np.ndarray]) -> list[Any]:
         predictor = self.generator.predictor

@@ -260,6 +260,12 @@ def test_resume_with_the_model_encodes_nothing_again(tmp_path, model, image):
     assert records and all(r["segmentation"]["size"] == [256, 400] for r in records)
     assert tiled.generate(crop, state_path=state) == records
     assert calls == [2]
+    other = EfficientViTSamAutomaticMaskGenerator(
+        build_sam("efficientvit-sam-tiny").eval(), points_per_side=2, pred_iou_thresh=0,
+        stability_score_thresh=0, fast=False)  # other random weights
+    with pytest.raises(UserError, match=r"other settings \(segmenter differ"):
+        TiledMaskGenerator(AutomaticTileSegmenter(other), tile=TILE, overlap=OVERLAP).generate(
+            crop, state_path=state)
 
 
 def test_cli_prompts_and_everything_write_json_and_overview(tmp_path, wafer):
