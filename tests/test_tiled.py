@@ -317,3 +317,25 @@ def test_bad_input_is_a_user_error(tmp_path, capsys, model):
     (tmp_path / "bad.tif").write_bytes(b"not a tiff")
     with pytest.raises(UserError, match="not a readable TIFF"):
         open_source(tmp_path / "bad.tif")
+
+
+def test_commands_and_bench_prompt_part(tmp_path, capsys):
+    import importlib
+
+    from effvit_sam.tools import bench_tiled
+
+    for name in ("segment-tiled", "make-wafer", "bench-tiled"):
+        module, func, _ = cli.COMMANDS[name]
+        assert callable(getattr(importlib.import_module(module), func))
+    argv = ["--part", "prompts", "--prompts", "3", "--workdir", str(tmp_path), "--size", "300",
+            "--model",
+            "efficientvit-sam-tiny", "--no-fast", "--tile", "128", "--overlap", "16", "--report",
+            str(tmp_path / "r.json")]
+    assert bench_tiled.main(argv) == 0
+    (report,) = json.loads((tmp_path / "r.json").read_text())
+    assert report["prompts"] == 3 and report["all_equal"] is True
+    assert report["peak_rss_mb"] > 0 and report["cache"]["misses"] >= 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith('{"prompt"')]
+    assert len(rows) == 3 and rows[-1]["scale"] > 1  # the die box is larger than a tile
+    assert "box" in rows[1]["prompt"] and rows[1]["scale"] == 1

@@ -107,11 +107,15 @@ def _model(args: argparse.Namespace):
 
 
 def _prompts(wafer, count: int = 10) -> list[dict]:
-    """8 points on defects spread over a 4 x 2 grid of regions, a defect box, a die box."""
+    """``count - 2`` points on defects spread over a 4-column grid of regions (8: 4 x 2), a
+    defect box and a box over a whole die."""
+    if count < 3:
+        raise UserError(f"--prompts must be >= 3 (points, a defect box, a die box), got {count}")
     h, w = wafer.height, wafer.width
     prompts: list[dict] = []
     for k in range(count - 2):
-        ax, ay = (k % 4 + 0.5) * w / 4, (k // 4 + 0.5) * h / 2
+        rows = -(-(count - 2) // 4)
+        ax, ay = (k % 4 + 0.5) * w / 4, (k // 4 + 0.5) * h / rows
         d = min((d for d in wafer.defects if d.kind != "scratch"),
                 key=lambda d: math.hypot(d.cx - ax, d.cy - ay))
         prompts.append({"points": [[d.cx, d.cy]]})
@@ -128,12 +132,13 @@ def run_prompts(args: argparse.Namespace) -> dict:
     from ..tiled_source import read_reduced
 
     workdir = Path(args.workdir)
-    predictor = TiledSamPredictor(_model(args), tile=args.tile, overlap=args.overlap)
+    predictor = TiledSamPredictor(_model(args), tile=args.tile, overlap=args.overlap,
+                                  fast=not args.no_fast)
     wafer, path = _wafer(workdir, args.size, predictor.tile, predictor.overlap, args.seed)
     predictor.set_image(path)
     plain = predictor.predictor  # the plain EfficientViTSamPredictor, run by hand below
     rows = []
-    for prompt in _prompts(wafer):
+    for prompt in _prompts(wafer, args.prompts):
         t = time.perf_counter()
         result = predictor.predict(**prompt, multimask_output=True)
         seconds = time.perf_counter() - t
@@ -179,7 +184,7 @@ def run_everything(args: argparse.Namespace) -> dict:
     model = _model(args)
     generator = EfficientViTSamAutomaticMaskGenerator(
         model, points_per_side=args.points_per_side, pred_iou_thresh=0.0,
-        stability_score_thresh=0.0, output_mode="binary_mask")
+        stability_score_thresh=0.0, output_mode="binary_mask", fast=not args.no_fast)
     tile = args.tile or generator.predictor.encoder_size
     overlap = args.overlap if args.overlap is not None else tile // 8
     wafer, path = _wafer(Path(args.workdir), args.everything_size, tile, overlap, args.seed)
@@ -240,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=20000, help="prompt part: wafer side")
     parser.add_argument("--everything-size", type=int, default=8192,
                         help="everything part: wafer side")
+    parser.add_argument("--prompts", type=int, default=10, help="prompt part: how many")
     parser.add_argument("--model", default="efficientvit-sam-l0")
     parser.add_argument("--checkpoint", type=Path, help="weights (default: random weights)")
+    parser.add_argument("--no-fast", action="store_true", help="run the model eagerly")
     parser.add_argument("--tile", type=int, help="default: the encoder input size")
     parser.add_argument("--overlap", type=int, help="default: tile / 8")
     parser.add_argument("--batch-size", type=int, default=4)
