@@ -118,3 +118,19 @@ def cropped_mask_to_rle(mask: np.ndarray, x0: int, y0: int, height: int, width: 
         counts.pop()
     rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_union(rles: list[dict]) -> dict:
+    """The pixel union of compressed RLEs of one image, as a compressed RLE (pycocotools'
+    ``merge``, computed on the runs: no ``H x W`` array is made)."""
+    if not rles:
+        raise ValueError("rle_union of no masks")
+    sizes = {tuple(int(v) for v in r["size"]) for r in rles}
+    if len(sizes) != 1:
+        raise ValueError(f"rle_union of masks of different image sizes: {sorted(sizes)}")
+    coded = [{"size": list(r["size"]), "counts": r["counts"].encode("ascii")
+              if isinstance(r["counts"], str) else r["counts"]} for r in rles]
+    merged = mask_utils.merge(coded, intersect=False) if len(coded) > 1 else coded[0]
+    counts = merged["counts"]
+    return {"size": [int(v) for v in merged["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}

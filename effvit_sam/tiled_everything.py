@@ -207,6 +207,6 @@ class TiledMaskGenerator:
 
 def merged_record(m: MergedMask) -> dict[str, Any]:
     """The COCO-style record of one merged object (see :meth:`TiledMaskGenerator.generate`)."""
-    return {"segmentation": m.mask.to_rle(), "area": m.mask.area, "bbox": m.mask.bbox_xywh,
+    return {"segmentation": m.rle, "area": m.area, "bbox": m.bbox_xywh,
             "predicted_iou": m.predicted_iou, "stability_score": m.stability_score,
             "tiles": list(m.tiles)}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .masks import cropped_mask_to_rle
+from .masks import cropped_mask_to_rle, rle_area, rle_to_box_xywh, rle_union
 
 Rect = tuple[int, int, int, int]
 """``(x0, y0, x1, y1)`` in full-image pixels, ends exclusive."""
@@ -103,20 +103,6 @@ def intersect(a: Rect, b: Rect) -> Rect | None:
     return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
 
-def union(masks: list[CroppedMask]) -> CroppedMask:
-    """The pixel union of masks of the same image, cropped to its bounding box."""
-    masks = [m for m in masks if m.mask.size]
-    if not masks:
-        raise ValueError("union of no non-empty masks")
-    rect = (min(m.x0 for m in masks), min(m.y0 for m in masks),
-            max(m.rect[2] for m in masks), max(m.rect[3] for m in masks))
-    out = np.zeros((rect[3] - rect[1], rect[2] - rect[0]), dtype=bool)
-    for m in masks:
-        x0, y0, x1, y1 = m.rect
-        out[y0 - rect[1]: y1 - rect[1], x0 - rect[0]: x1 - rect[0]] |= m.mask
-    return CroppedMask(out, rect[0], rect[1], masks[0].image_size)
-
-
 def band_iou(a: CroppedMask, b: CroppedMask, band: Rect) -> float:
     """IoU of ``a`` and ``b`` restricted to ``band`` (0 when neither has a pixel there)."""
     if not a.mask.size or not b.mask.size:
@@ -144,12 +130,34 @@ class TileMask:
 
 @dataclass(frozen=True)
 class MergedMask:
-    """One object of the whole image: the union of the tile masks judged to be it."""
+    """One object of the whole image: the union of the tile masks judged to be it.
 
-    mask: CroppedMask
+    The union is kept as its ``parts`` (the tiles' crops) and as the whole-image RLE ``rle``
+    (pycocotools' run-length union), never as one array: an object crossing the whole image,
+    such as a wafer's street grid, costs its runs, not ``H x W`` pixels.
+    """
+
+    parts: tuple[CroppedMask, ...]
     tiles: tuple[int, ...]
     predicted_iou: float
     stability_score: float
+    rle: dict
+    area: int
+    bbox_xywh: list[float]
+
+    @classmethod
+    def of(cls, masks: list[TileMask]) -> MergedMask:
+        rle = rle_union([m.mask.to_rle() for m in masks])
+        return cls(tuple(m.mask for m in masks), tuple(sorted({m.tile for m in masks})),
+                   max(m.predicted_iou for m in masks), max(m.stability_score for m in masks),
+                   rle, rle_area(rle), rle_to_box_xywh(rle))
+
+    def downscaled(self, factor: int, size: tuple[int, int]) -> np.ndarray:
+        """:meth:`CroppedMask.downscaled` of the union (the union of the parts')."""
+        out = np.zeros(size, dtype=bool)
+        for part in self.parts:
+            out |= part.downscaled(factor, size)
+        return out
 
 
 def _find(parent: list[int], i: int) -> int:
@@ -168,7 +176,8 @@ def merge_tile_masks(tile_masks: list[list[TileMask]], windows: list[Rect], *,
     IoU inside the shared band is at least ``merge_iou``: an object cut by a seam is seen alike
     by both tiles in the band, and an object inside the band is seen twice. Joins are
     transitive (union-find), so an object crossing several seams becomes one. Each object is
-    the union of its masks, with the best ``predicted_iou`` / ``stability_score`` of them.
+    the union of its masks (a :class:`MergedMask`), with the best ``predicted_iou`` /
+    ``stability_score`` of them.
     Objects are returned largest first.
     """
     if len(tile_masks) != len(windows):
@@ -191,8 +200,5 @@ def merge_tile_masks(tile_masks: list[list[TileMask]], windows: list[Rect], *,
     groups: dict[int, list[TileMask]] = {}
     for k, m in enumerate(flat):
         groups.setdefault(_find(parent, k), []).append(m)
-    merged = [MergedMask(union([m.mask for m in group]), tuple(sorted({m.tile for m in group})),
-                         max(m.predicted_iou for m in group),
-                         max(m.stability_score for m in group))
-              for group in groups.values()]
-    return sorted(merged, key=lambda m: -m.mask.area)
+    merged = [MergedMask.of(group) for group in groups.values()]
+    return sorted(merged, key=lambda m: -m.area)

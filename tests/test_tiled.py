@@ -12,7 +12,13 @@ from PIL import Image
 from distill.wafer import Wafer, WaferLayout
 from effvit_sam import EfficientViTSamPredictor, build_sam, cli
 from effvit_sam.errors import UserError
-from effvit_sam.masks import cropped_mask_to_rle, mask_to_rle, rle_to_box_xywh, rle_to_mask
+from effvit_sam.masks import (
+    cropped_mask_to_rle,
+    mask_to_rle,
+    rle_to_box_xywh,
+    rle_to_mask,
+    rle_union,
+)
 from effvit_sam.tiled import TiledSamPredictor, TileEmbeddingCache, tile_grid
 from effvit_sam.tiled_everything import AutomaticTileSegmenter, TiledMaskGenerator
 from effvit_sam.tiled_masks import CroppedMask
@@ -163,6 +169,10 @@ def test_cropped_mask_rle_equals_the_dense_encoding():
         assert cropped_mask_to_rle(crop, x0, y0, height, width) == mask_to_rle(full)
     with pytest.raises(ValueError, match="does not fit"):
         cropped_mask_to_rle(np.ones((3, 3), bool), 8, 0, 10, 10)
+    a, b, c = (rng.random((30, 40)) < 0.3 for _ in range(3))
+    assert rle_union([mask_to_rle(m) for m in (a, b, c)]) == mask_to_rle(a | b | c)
+    with pytest.raises(ValueError, match="different image sizes"):
+        rle_union([mask_to_rle(a), mask_to_rle(a[:10])])
 
 
 def _objects(size, rects_or_masks):
@@ -199,6 +209,10 @@ def test_seam_merge_with_an_oracle_gives_one_mask_per_object():
     assert len({r["segmentation"]["counts"] for r in records}) == len(objects)
     disc_record = next(r for r in records if r["area"] == int(disc.sum()))
     assert disc_record["tiles"] == [0, 1, 2, 3]
+    merged = tiled.generate_merged(np.zeros((*size, 3), np.uint8))
+    disc_object = next(m for m in merged if m.area == int(disc.sum()))
+    assert len(disc_object.parts) == 4  # kept as the four tiles' crops, not one dense array
+    assert all(p.mask.shape[0] <= TILE and p.mask.shape[1] <= TILE for p in disc_object.parts)
     band = next(r for r in records if r["bbox"] == [246.0, 10.0, 8.0, 10.0])
     assert band["tiles"] == [0, 1]  # found twice, kept once
 

@@ -76,7 +76,8 @@ def _prompts(args: argparse.Namespace) -> list[dict]:
 
 
 def _overview(source, records_masks, factor: int, points, boxes) -> np.ndarray:
-    """The image shrunk by ``factor`` with the masks (any pixel set in a block) painted on."""
+    """The image shrunk by ``factor`` with the masks (CroppedMask / MergedMask: any pixel set
+    in a block) painted on."""
     from ..tiled_source import read_reduced
     from ..visualize import distinct_colors, overlay_masks
 
@@ -152,7 +153,7 @@ def _run(args: argparse.Namespace, source, output: Path, fmt: str) -> int:
                                    merge_iou=args.merge_iou, progress=True)
         merged = tiled.generate_merged(source, state_path=args.resume)
         records = [merged_record(m) for m in merged]
-        drawn = [m.mask for m in merged]
+        drawn = merged
         points = boxes = None
     else:
         prompts = _prompts(args)
