@@ -15,6 +15,12 @@ from .errors import run_command
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "segment": ("effvit_sam.tools.segment", "main",
                 "segment an image from points/boxes, or everything"),
+    "segment-tiled": ("effvit_sam.tools.segment_tiled", "main",
+                      "segment a huge image (TIFF/BigTIFF) at native resolution, tile by tile"),
+    "make-wafer": ("distill.wafer", "main",
+                   "write a made wafer image (tiled BigTIFF) with COCO ground truth"),
+    "bench-tiled": ("effvit_sam.tools.bench_tiled", "main",
+                    "tiled prompting/everything: peak memory, equality, seam merge, tiles/s"),
     "make-shards": ("distill.cli", "make_shards_main",
                     "write synthetic scenes as SA-1B tar shards"),
     "make-eval-set": ("distill.cli", "make_eval_set_main",

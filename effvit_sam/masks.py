@@ -219,3 +219,53 @@ def rle_area(rle: dict) -> int:
 def rle_to_box_xywh(rle: dict) -> list[float]:
     """The whole-pixel XYWH box of a compressed RLE (pycocotools' ``toBbox``)."""
     return [float(v) for v in mask_utils.toBbox(rle)]
+
+
+def cropped_mask_to_rle(mask: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
+    """The compressed RLE, in a whole ``height x width`` image, of an ``h x w`` bool ``mask``
+    whose top-left pixel is ``(x0, y0)`` in that image, without making the ``height x width``
+    array: run boundaries are computed in the crop and mapped to the image's column-major
+    pixel order, so a small mask in a 20000 x 20000 image costs only its own pixels."""
+    crop = np.asarray(mask, dtype=bool)
+    if crop.ndim != 2:
+        raise ValueError(f"mask must be h x w, got shape {crop.shape}")
+    h, w = crop.shape
+    if x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
+        raise ValueError(f"a {h}x{w} mask at (x0, y0) = ({x0}, {y0}) does not fit a "
+                         f"{height}x{width} image")
+    # Column-major crop with one zero row above and below, so no run crosses a column.
+    padded = np.zeros((w, h + 2), dtype=np.int8)
+    padded[:, 1:-1] = crop.T
+    flips = np.flatnonzero(np.diff(padded.ravel()))  # index before each 0->1 / 1->0 change
+    col, row = np.divmod(flips + 1, h + 2)  # pixel after the change, in the padded column
+    # Full-image column-major index of that pixel (a run end maps to one past its last pixel).
+    index = (x0 + col.astype(np.int64)) * height + (y0 + row.astype(np.int64) - 1)
+    starts, ends = index[0::2], index[1::2]
+    if len(starts) > 1:  # a crop as tall as the image: a run may continue into the next column
+        joined = starts[1:] == ends[:-1]
+        starts = np.concatenate([starts[:1], starts[1:][~joined]])
+        ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
+    bounds = np.empty(2 * len(starts) + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, height * width
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds).tolist()
+    if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the last pixel
+        counts.pop()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_union(rles: list[dict]) -> dict:
+    """The pixel union of compressed RLEs of one image, as a compressed RLE (pycocotools'
+    ``merge``, computed on the runs: no ``H x W`` array is made)."""
+    if not rles:
+        raise ValueError("rle_union of no masks")
+    sizes = {tuple(int(v) for v in r["size"]) for r in rles}
+    if len(sizes) != 1:
+        raise ValueError(f"rle_union of masks of different image sizes: {sorted(sizes)}")
+    coded = [{"size": list(r["size"]), "counts": r["counts"].encode("ascii")
+              if isinstance(r["counts"], str) else r["counts"]} for r in rles]
+    merged = mask_utils.merge(coded, intersect=False) if len(coded) > 1 else coded[0]
+    counts = merged["counts"]
+    return {"size": [int(v) for v in merged["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}

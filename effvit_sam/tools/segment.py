@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     amg.add_argument("--stability-score-thresh", type=float, default=0.95)
     amg.add_argument("--crop-n-layers", type=int, default=0)
     amg.add_argument("--min-mask-region-area", type=int, default=0)
+    from .segment_tiled import add_tiled_arguments
+
+    add_tiled_arguments(parser)  # --tile: huge images at native resolution
     return parser
 
 
@@ -221,4 +224,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``effvit-sam segment``. Bad input raises :class:`UserError`, which the
     dispatcher (:func:`effvit_sam.errors.run_command`) turns into exit code 2 and one line."""
-    return run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if args.tile is not None:
+        from .segment_tiled import run_tiled
+
+        return run_tiled(args)
+    return run(args)
