@@ -55,6 +55,8 @@ def _check_against_eager(tiny: EfficientViTSam, options: FastPathOptions, atol: 
 
 
 _EAGER = FastPathOptions.eager()
+# Conv widths low enough that the tiny model's convs are rewritten too.
+TINY_THRESHOLDS = {"winograd_min_channels": 8, "gemm_min_in_channels": 16}
 
 
 @pytest.mark.parametrize("options", [
@@ -76,14 +78,12 @@ def test_exact_options_match_eager(tiny: EfficientViTSam, options: FastPathOptio
     _EAGER.with_(channels_last=True, gemm_pointwise=True),
     FastPathOptions(),
 ], ids=["winograd", "gemm_pointwise", "default"])
-def test_conv_rewrites_match_eager(tiny: EfficientViTSam, options: FastPathOptions,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_conv_rewrites_match_eager(tiny: EfficientViTSam, options: FastPathOptions) -> None:
     # The tiny model is narrower than the default thresholds; lower them so every eligible conv
     # of it is rewritten, and check the rewrite really happened.
     from effvit_sam.inference import convs as fast_convs
 
-    monkeypatch.setattr(fast_convs, "WINOGRAD_MIN_CHANNELS", 8)
-    monkeypatch.setattr(fast_convs, "GEMM_MIN_IN_CHANNELS", 16)
+    options = options.with_(**TINY_THRESHOLDS)
     fast = optimize_for_inference(tiny, device="cpu", options=options)
     kinds = {type(m) for m in fast.modules()}
     assert (fast_convs.WinogradConv3x3 in kinds) == options.winograd
@@ -93,15 +93,11 @@ def test_conv_rewrites_match_eager(tiny: EfficientViTSam, options: FastPathOptio
 
 
 @pytest.mark.slow
-def test_compiled_encoder_matches_eager(tiny: EfficientViTSam,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_encoder_matches_eager(tiny: EfficientViTSam) -> None:
     # Inductor with weight freezing (CPU): the first call compiles (slow on 2 cores). The
     # Winograd and GEMM rewrites are forced onto the tiny model so they are compiled too.
-    from effvit_sam.inference import convs as fast_convs
-
-    monkeypatch.setattr(fast_convs, "WINOGRAD_MIN_CHANNELS", 8)
-    monkeypatch.setattr(fast_convs, "GEMM_MIN_IN_CHANNELS", 16)
-    _check_against_eager(tiny, FastPathOptions(compile=True), EMBED_ATOL["compile"])
+    _check_against_eager(tiny, FastPathOptions(compile=True, **TINY_THRESHOLDS),
+                         EMBED_ATOL["compile"])
 
 
 def test_freezing_is_scoped_to_the_compiled_call(tiny: EfficientViTSam) -> None:
@@ -150,9 +146,16 @@ def test_interface_and_original_untouched(tiny: EfficientViTSam) -> None:
 def test_bad_options_raise(tiny: EfficientViTSam) -> None:
     with pytest.raises(ValueError, match="autocast_dtype"):
         FastPathOptions(autocast_dtype=torch.float64)
-    with pytest.raises(ValueError, match="GPU"):
-        optimize_for_inference(tiny, device="cpu",
-                               options=FastPathOptions(autocast_dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="float16 is for GPUs"):
+        optimize_for_inference(tiny, device="cpu", options=FastPathOptions.bf16().with_(
+            autocast_dtype=torch.float16))
+    for name in ("winograd", "gemm_pointwise"):  # float32 rewrites: not under autocast
+        with pytest.raises(ValueError, match=f"{name} is a float32 rewrite"):
+            FastPathOptions.bf16().with_(**{name: True})
+    for name in TINY_THRESHOLDS:
+        for bad in (0, -3, 8.0):
+            with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+                FastPathOptions().with_(**{name: bad})
     with pytest.raises(TypeError):
         optimize_for_inference(nn.Linear(2, 2))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
@@ -165,15 +168,19 @@ def test_bad_options_raise(tiny: EfficientViTSam) -> None:
         FastPathOptions.int8().with_(winograd=True)
 
 
-def test_auto_options_per_device() -> None:
+def test_auto_options_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = FastPathOptions.auto("cpu")
     assert cpu.fold_bn and cpu.fuse_epilogues and cpu.channels_last and cpu.keep_freed_memory
     assert cpu.autocast_dtype is None and not cpu.compile
     assert cpu.winograd and cpu.gemm_pointwise and cpu.fuse_neck
-    cuda = FastPathOptions.auto("cuda")
-    assert cuda.autocast_dtype in (torch.bfloat16, torch.float16) and cuda.compile
-    assert not (cuda.winograd or cuda.gemm_pointwise or cuda.fuse_neck)  # cuDNN's own choice
-    assert not cuda.keep_freed_memory
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, dtype in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, _v=bf16, **k: _v)
+        cuda, why = FastPathOptions.auto_explained("cuda")
+        assert cuda.autocast_dtype is dtype and cuda.compile
+        assert why["autocast_dtype"].startswith("bf16" if bf16 else "fp16")
+        assert not (cuda.winograd or cuda.gemm_pointwise or cuda.fuse_neck)  # cuDNN's choice
+        assert not cuda.keep_freed_memory
     assert not FastPathOptions.eager().keep_freed_memory
 
 
@@ -181,8 +188,8 @@ def test_auto_options_per_device() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_autocast_close_to_float32(tiny: EfficientViTSam) -> None:
     model = tiny.to("cuda")
-    fast = optimize_for_inference(model, device="cuda",
-                                  options=FastPathOptions(autocast_dtype=torch.bfloat16))
+    fast = optimize_for_inference(model, device="cuda", options=FastPathOptions(
+        autocast_dtype=torch.bfloat16, winograd=False, gemm_pointwise=False))
     x = _inputs(model).cuda()
     with torch.no_grad():
         expected = model.encode(x)
