@@ -195,3 +195,65 @@ def test_cuda_autocast_close_to_float32(tiny: EfficientViTSam) -> None:
         expected = model.encode(x)
     # bf16 convolutions: a 8-bit mantissa, so a few 1e-2 after the final LayerNorm.
     assert (fast.encode(x) - expected).abs().max().item() < 5e-2
+
+
+class _RecordDtypes(torch.overrides.TorchFunctionMode):
+    """Records the result dtype of every call to the named torch functions/tensor methods."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = names
+        self.seen: dict[str, set[torch.dtype]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        if name in self.names and isinstance(out, torch.Tensor):
+            self.seen.setdefault(name, set()).add(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("options", [
+    FastPathOptions.bf16().with_(compiled_gelu=False),
+    FastPathOptions.bf16().with_(compiled_gelu=False, fuse_neck=False, fuse_epilogues=False,
+                                 fold_bn=False),
+], ids=["bf16", "bf16_plain_modules"])
+def test_cpu_bf16_encoder_close_to_float32(tiny: EfficientViTSam,
+                                           options: FastPathOptions) -> None:
+    assert options.autocast_dtype is torch.bfloat16
+    fast = optimize_for_inference(tiny, device="cpu", options=options)
+    x = _inputs(tiny)
+    with torch.no_grad():
+        expected = tiny.encode(x)
+    # Tensor operators reach the mode by method name: `@` as matmul, `/` as div.
+    record = _RecordDtypes(("conv2d", "layer_norm", "matmul", "div", "baddbmm_", "interpolate"))
+    with record:
+        got = fast.encode(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert 1e-5 < rel < 5e-2  # bf16 really ran (not exact), and stays close
+    seen = record.seen
+    assert seen["conv2d"] == {torch.bfloat16}  # every convolution in bf16
+    # Linear attention (its products and its normalising division), the LayerNorm and the
+    # neck's resizes stay float32 inside the bf16 encoder.
+    assert seen["matmul"] == {torch.float32} and seen["div"] == {torch.float32}
+    norm_ops = {"layer_norm"} if options.fuse_neck else {"div"}
+    assert all(seen[n] == {torch.float32} for n in norm_ops)
+    resize_ops = ("matmul", "baddbmm_") if options.fuse_neck else ("interpolate",)
+    assert all(seen[n] == {torch.float32} for n in resize_ops)
+    logits_ref, _ = _decode(tiny, expected[:1])
+    logits, _ = _decode(fast, got[:1])
+    assert ((logits > 0) == (logits_ref > 0)).float().mean().item() > 0.98
+
+
+def test_fastpath_accuracy_has_a_bf16_row(tiny: EfficientViTSam,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from effvit_sam.tools import fastpath_accuracy as acc
+
+    assert acc.OPTION_SETS["bf16"] == FastPathOptions.bf16()
+    assert "bf16" in acc.SLOW_OPTION_SETS and "bf16" not in acc.parse_args([]).options
+    # Without the GELU kernel's bf16 compile (20-30 s here; the kernel has its own tests).
+    monkeypatch.setitem(acc.OPTION_SETS, "bf16", FastPathOptions.bf16().with_(compiled_gelu=False))
+    (row,) = acc.measure(tiny, _inputs(tiny, 1), ["bf16"])
+    assert row.name == "bf16" and 1e-5 < row.embed_rel_l2 < 5e-2
+    assert min(row.masks_equal.values()) > 0.98

@@ -215,14 +215,14 @@ CONV_THRESHOLDS: dict[str, ConvThresholds] = {
 
 def _bf16_reason(f: CpuFeatures) -> str:
     if f.amx:
-        return ("None: AMX-BF16 is here, and bf16 autocast was measured 2.2x (L0) / 2.35x (XL1) "
+        return ("AMX-BF16 is here, and bf16 autocast was measured 2.2x (L0) / 2.35x (XL1) "
                 "eager float32 on such a Xeon at ~1-2% relative L2 on the embeddings, but it "
                 "stays opt-in (FastPathOptions.bf16()) until masks are measured >= 99.5% equal "
                 "on the reference weights and on a trained model")
     if f.avx512_bf16 or f.arm_bf16:
-        return ("None: bf16 dot products (AVX512-BF16 / ARM BF16) but no AMX tiles; bf16 is not "
+        return ("bf16 dot products (AVX512-BF16 / ARM BF16) but no AMX tiles; bf16 is not "
                 "measured faster here and is not exact (opt in: FastPathOptions.bf16())")
-    return "None: no bf16 units (AMX-BF16, AVX512-BF16); bf16 would be emulated: slower, less exact"
+    return "no bf16 units (AMX-BF16, AVX512-BF16); bf16 would be emulated: slower, less exact"
 
 
 def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool) -> dict[str, tuple[object, str]]:
