@@ -49,6 +49,15 @@ def test_winograd_matches_float64_convolution(shape: tuple, bias: bool) -> None:
     assert _rel_err(direct, ref64) < 1e-5
 
 
+def test_winograd_bias_position_reaches_every_output_pixel() -> None:
+    from effvit_sam.inference.convs import _AT, _BIAS_POSITION
+
+    at = torch.tensor(_AT, dtype=torch.float64)
+    e = torch.zeros(36, dtype=torch.float64)
+    e[_BIAS_POSITION] = 1.0
+    assert torch.equal(at @ e.view(6, 6) @ at.t(), torch.ones(4, 4, dtype=torch.float64))
+
+
 def test_winograd_weights_transform_the_filters() -> None:
     # A filter that is 1 at the centre makes G g G^T = (G[:,1])(G[:,1])^T per channel pair.
     w = torch.zeros(2, 3, 3, 3)
