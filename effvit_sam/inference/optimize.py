@@ -1,8 +1,10 @@
 """The inference fast path: ``optimize_for_inference(model) -> model`` with the same interface.
 
 Every option is a field of :class:`FastPathOptions`; :meth:`FastPathOptions.auto` picks the set
-that measurably helps on a device type (figures in the README's speed section). Each option is
-tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py``:
+that measurably helps on a device type and, on CPU, on this CPU's instruction-set tier
+(:mod:`effvit_sam.inference.cpu_features`; ``effvit-sam env`` prints the choice and the reason
+for each field; figures in the README's speed section). Each option is tested against eager
+float32 with a stated tolerance in ``tests/test_fastpath.py``:
 
 * ``fold_bn`` - BatchNorm folded into convolutions (:func:`effvit_sam.inference.fuse.fuse`);
   exact up to float32 rounding (embeddings within 1e-4).
