@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo.cli", "main", "interactive Gradio demo"),
     "export-onnx": ("effvit_sam.tools.export", "main", "export encoder and decoder to ONNX"),
     "bench": ("effvit_sam.tools.bench", "main", "speed and memory benchmark, reported as ratios"),
+    "env": ("effvit_sam.tools.env", "main", "this machine, its torch, the fast path it picks"),
     "fastpath-accuracy": ("effvit_sam.tools.fastpath_accuracy", "main",
                           "what each fast-path option changes vs eager float32"),
 }

@@ -10,8 +10,14 @@ from torch import nn
 from effvit_sam import build_sam
 from effvit_sam.inference.convs import GemmConv1x1, WinogradConv3x3, convert_convs, winograd_weights
 from effvit_sam.inference.fuse import fuse
+from effvit_sam.inference.optimize import FastPathOptions
 
 CL = torch.channels_last
+_DEFAULTS = FastPathOptions()
+# The default (measured) widths, passed as the fast path passes them.
+L0_CONVERSION = {"winograd": True, "gemm_pointwise": True,
+                 "winograd_min_channels": _DEFAULTS.winograd_min_channels,
+                 "gemm_min_in_channels": _DEFAULTS.gemm_min_in_channels}
 
 
 def _cl(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -41,6 +47,15 @@ def test_winograd_matches_float64_convolution(shape: tuple, bias: bool) -> None:
     # F(4x4,3x3) rounding: ~1e-5 relative (direct float32: ~2e-6).
     assert _rel_err(got, ref64) < 5e-5
     assert _rel_err(direct, ref64) < 1e-5
+
+
+def test_winograd_bias_position_reaches_every_output_pixel() -> None:
+    from effvit_sam.inference.convs import _AT, _BIAS_POSITION
+
+    at = torch.tensor(_AT, dtype=torch.float64)
+    e = torch.zeros(36, dtype=torch.float64)
+    e[_BIAS_POSITION] = 1.0
+    assert torch.equal(at @ e.view(6, 6) @ at.t(), torch.ones(4, 4, dtype=torch.float64))
 
 
 def test_winograd_weights_transform_the_filters() -> None:
@@ -99,7 +114,7 @@ def test_gemm_pointwise_matches_the_conv() -> None:
 
 def test_convert_convs_on_l0_picks_the_measured_kinds() -> None:
     enc = fuse(build_sam("l0").image_encoder)
-    counts = convert_convs(enc)
+    counts = convert_convs(enc, **L0_CONVERSION)
     # L0: the four neck FusedMBConvs, and the expansion convs of stages 1 and 2 (64->256 at
     # 128x128, 128->512 at 64x64); 1x1 convs reading >= 1024 channels: 15.
     assert counts == {"winograd": 6, "gemm_pointwise": 15}
@@ -111,4 +126,61 @@ def test_convert_convs_on_l0_picks_the_measured_kinds() -> None:
     rest = [m for m in enc.modules() if type(m) is nn.Conv2d and WinogradConv3x3.applies_to(m)
             and not any(m is c for c in wino)]
     assert rest and all(min(c.in_channels, c.out_channels) < 64 for c in rest)
-    assert convert_convs(enc) == {"winograd": 0, "gemm_pointwise": 0}  # idempotent
+    assert convert_convs(enc, **L0_CONVERSION) == {"winograd": 0, "gemm_pointwise": 0}
+
+
+def _convs() -> nn.Sequential:
+    # 3x3 convs of widths 16->32, 32->32, 32->24 and 1x1 convs reading 24 and 48 channels.
+    return nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1),
+                         nn.Conv2d(32, 24, 3, padding=1), nn.Conv2d(24, 48, 1),
+                         nn.Conv2d(48, 8, 1))
+
+
+@pytest.mark.parametrize("wino_min,gemm_min,expected", [
+    (16, 24, (3, 2)), (17, 24, (2, 2)), (24, 25, (2, 1)), (25, 48, (1, 1)), (33, 49, (0, 0))])
+def test_convert_convs_honours_the_widths(wino_min: int, gemm_min: int,
+                                          expected: tuple[int, int]) -> None:
+    seq = _convs()
+    counts = convert_convs(seq, winograd=True, gemm_pointwise=True,
+                           winograd_min_channels=wino_min, gemm_min_in_channels=gemm_min)
+    assert (counts["winograd"], counts["gemm_pointwise"]) == expected
+    wino = [m.conv for m in seq if isinstance(m, WinogradConv3x3)]
+    assert all(min(c.in_channels, c.out_channels) >= wino_min for c in wino)
+    assert sum(isinstance(m, GemmConv1x1) for m in seq) == expected[1]
+    off = convert_convs(_convs(), winograd=False, gemm_pointwise=False,
+                        winograd_min_channels=1, gemm_min_in_channels=1)
+    assert off == {"winograd": 0, "gemm_pointwise": 0}
+    with pytest.raises(ValueError, match="winograd_min_channels must be a positive int"):
+        convert_convs(_convs(), winograd=True, gemm_pointwise=True, winograd_min_channels=0,
+                      gemm_min_in_channels=1)
+
+
+def test_fast_path_passes_its_widths_to_the_converter() -> None:
+    from effvit_sam.inference.optimize import optimize_for_inference
+
+    torch.manual_seed(4)
+    tiny = build_sam("efficientvit-sam-tiny")
+
+    def kinds(opts: FastPathOptions) -> tuple[int, int]:
+        fast = optimize_for_inference(tiny, device="cpu", options=opts)
+        return (sum(isinstance(m, WinogradConv3x3) for m in fast.modules()),
+                sum(isinstance(m, GemmConv1x1) for m in fast.modules()))
+
+    low = kinds(_DEFAULTS.with_(winograd_min_channels=8, gemm_min_in_channels=16))
+    assert low[0] > 0 and low[1] > 0
+    assert kinds(_DEFAULTS.with_(winograd_min_channels=10**6, gemm_min_in_channels=10**6)) \
+        == (0, 0)
+    narrower = kinds(_DEFAULTS.with_(winograd_min_channels=32, gemm_min_in_channels=64))
+    assert narrower[0] < low[0] and narrower[1] < low[1]
+
+
+def test_rewrites_fall_back_under_autocast() -> None:
+    torch.manual_seed(5)
+    conv, pw = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(32, 8, 1)
+    x, y = _cl(1, 16, 8, 8), _cl(1, 32, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, ref = WinogradConv3x3(conv)(x), conv(x)
+        got_pw, ref_pw = GemmConv1x1(pw)(y), pw(y)
+    # The autocast conv itself (bf16), not a Winograd product in bf16.
+    assert got.dtype == torch.bfloat16 and torch.equal(got, ref)
+    assert got_pw.dtype == torch.bfloat16 and torch.equal(got_pw, ref_pw)

@@ -93,3 +93,43 @@ def test_fuse_neck_swaps_modules_and_keeps_outputs() -> None:
     assert (got - ref).abs().max().item() < 1e-5
     with pytest.raises(TypeError, match="EfficientViTImageEncoder"):
         fuse_neck(enc.neck)
+
+
+def test_resize_matrix_cache_is_bounded() -> None:
+    from effvit_sam.inference import neck as fast_neck
+
+    fast_neck._cached_resize_matrix.cache_clear()
+    first = resize_matrix(6, 12)
+    assert resize_matrix(6, 12) is first  # cached
+    assert resize_matrix(6, 12, dtype=torch.float64) is not first  # keyed by dtype too
+    for n in range(2, 2 + 3 * fast_neck.RESIZE_CACHE_SIZE):
+        resize_matrix(n, 64)
+    info = fast_neck._cached_resize_matrix.cache_info()
+    assert info.currsize == info.maxsize == fast_neck.RESIZE_CACHE_SIZE
+    again = resize_matrix(6, 12)  # evicted and rebuilt, same values
+    assert again is not first and torch.equal(again, first)
+
+
+def test_fused_neck_under_autocast_resizes_in_float32(tiny_encoder) -> None:
+    neck = tiny_encoder.neck
+    fused = FusedSamNeck(neck)
+    x = _randn(2, 3, 256, 256, seed=9)
+    seen: list[tuple[str, torch.dtype]] = []
+
+    class Record(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = getattr(func, "__name__", "")
+            if name in ("baddbmm_", "matmul", "conv2d") and isinstance(out, torch.Tensor):
+                seen.append((name, out.dtype))
+            return out
+
+    with torch.no_grad():
+        stages = [s.contiguous(memory_format=CL) for s in tiny_encoder.backbone(x)]
+        ref = neck(stages)  # float32 reference
+        with torch.autocast("cpu", dtype=torch.bfloat16), Record():
+            got = fused(stages)
+    assert {d for n, d in seen if n in ("baddbmm_", "matmul")} == {torch.float32}
+    assert {d for n, d in seen if n == "conv2d"} == {torch.bfloat16}
+    assert got.dtype == torch.bfloat16
+    assert ((got.float() - ref).norm() / ref.norm()).item() < 5e-2

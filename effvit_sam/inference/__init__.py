@@ -8,7 +8,9 @@ beyond float rounding, except the opt-in lossy options (int8), whose accuracy is
 * :mod:`.convs` - Winograd F(4x4, 3x3) and 1x1-as-GEMM convolutions;
 * :mod:`.neck` - the neck's upsample-and-sum as accumulating GEMMs, one-pass LayerNorm2d;
 * :mod:`.quantize` - the static int8 encoder (torchao PT2E);
-* :mod:`.cpu_memory` - keeping freed memory for reuse (glibc ``mallopt``).
+* :mod:`.cpu_memory` - keeping freed memory for reuse (glibc ``mallopt``);
+* :mod:`.cpu_features` - what this CPU has (AVX2/AVX-512/VNNI/AMX, NEON/SVE/BF16) and the
+  per-tier choices ``FastPathOptions.auto`` makes from it.
 """
 
 from .fuse import fuse, fuse_model

@@ -13,8 +13,11 @@ oneDNN's 1x1 convolution is slow when the input has many channels and the image 
 (EfficientViT's expanded MBConv projections: 6144 -> 512 channels at 16x16 runs at about 40
 GFLOP/s); the same product as one GEMM on the NHWC view (:class:`GemmConv1x1`) runs 2-3x faster.
 
-Both work on channels-last input (the fast path's layout) and fall back to the original
-convolution for anything else: other layouts, autograd, tracing and export.
+Both work on float32 channels-last input (the fast path's layout) and fall back to the original
+convolution for anything else: other layouts and dtypes, autocast (whose low-precision
+convolutions would round Winograd's transforms far worse), autograd, tracing and export. Which
+widths are converted is the caller's choice (``FastPathOptions.winograd_min_channels`` and
+``gemm_min_in_channels``, per CPU tier).
 """
 
 from __future__ import annotations
@@ -32,15 +35,16 @@ _G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
       (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
 _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
 _M, _A = 4, 6  # output tile, input tile
-
-# Which convolutions the converter replaces by default (from the README's measurements: below
-# these widths the transforms or the GEMM call cost more than they save).
-WINOGRAD_MIN_CHANNELS = 64
-GEMM_MIN_IN_CHANNELS = 1024
+_BIAS_POSITION = 1 * _A + 1  # (1, 1) of the 6x6 transformed tile, where A^T e_1 = (1, 1, 1, 1)
 
 
 def _channels_last(x: torch.Tensor) -> bool:
     return x.ndim == 4 and x.permute(0, 2, 3, 1).is_contiguous()
+
+
+def _fast_path_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (_channels_last(x) and x.dtype == weight.dtype and not _needs_out_of_place(x)
+            and not torch.is_autocast_enabled(x.device.type))
 
 
 def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
@@ -80,8 +84,7 @@ class WinogradConv3x3(nn.Module):
                 and conv.padding_mode == "zeros")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (_channels_last(x) and x.dtype == self.u.dtype
-                and not _needs_out_of_place(x)):
+        if not _fast_path_applies(x, self.u):
             return self.conv(x)
         b, c, h, w = x.shape
         th, tw = -(-h // _M), -(-w // _M)
@@ -94,6 +97,11 @@ class WinogradConv3x3(nn.Module):
         v = torch.bmm(self.bt.expand(_A, _A, _A), d).view(_A * _A, b * th * tw, c)
         m = torch.bmm(v, self.u)  # 36 channel GEMMs: (tiles x cin) @ (cin x cout)
         co = m.shape[-1]
+        if self.conv.bias is not None:
+            # A^T's column for the interpolation point 1 is all ones, so a bias added at the
+            # transformed position (1, 1) reaches every pixel of the 4x4 output tile: 1/36 of
+            # a pass over m instead of a pass over the output.
+            m[_BIAS_POSITION].add_(self.conv.bias)
         # Output transform A^T m A, then the 4x4 tiles are written into a channels-last output.
         y = (self.at @ m.view(_A, -1)).view(_M, _A, -1)
         y = torch.bmm(self.at.expand(_M, _M, _A), y).view(_M, _M, b, th, tw, co)
@@ -102,8 +110,6 @@ class WinogradConv3x3(nn.Module):
         out.permute(0, 2, 3, 1).view(b, th, _M, tw, _M, co).copy_(y.permute(2, 3, 0, 4, 1, 5))
         if th * _M != h or tw * _M != w:  # sizes that are not a multiple of 4
             out = out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
-        if self.conv.bias is not None:
-            out.add_(self.conv.bias.view(1, -1, 1, 1))
         return out
 
 
@@ -123,26 +129,25 @@ class GemmConv1x1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if not (_channels_last(x) and x.dtype == conv.weight.dtype
-                and not _needs_out_of_place(x)):
+        if not _fast_path_applies(x, conv.weight):
             return conv(x)
         w = conv.weight.view(conv.out_channels, conv.in_channels)
         # B x H x W x Cout contiguous, i.e. a channels-last B x Cout x H x W tensor.
         return F.linear(x.permute(0, 2, 3, 1), w, conv.bias).permute(0, 3, 1, 2)
 
 
-def convert_convs(module: nn.Module, *, winograd: bool = True, gemm_pointwise: bool = True,
-                  winograd_min_channels: int | None = None,
-                  gemm_min_in_channels: int | None = None) -> dict[str, int]:
+def convert_convs(module: nn.Module, *, winograd: bool, gemm_pointwise: bool,
+                  winograd_min_channels: int, gemm_min_in_channels: int) -> dict[str, int]:
     """Replaces, in place, every qualifying ``nn.Conv2d`` under ``module``: stride-1 3x3 convs
-    with at least ``winograd_min_channels`` (default :data:`WINOGRAD_MIN_CHANNELS`) input and
-    output channels by :class:`WinogradConv3x3`, 1x1 convs with at least
-    ``gemm_min_in_channels`` (default :data:`GEMM_MIN_IN_CHANNELS`) input channels by
-    :class:`GemmConv1x1`. Returns how many of each were converted."""
-    if winograd_min_channels is None:
-        winograd_min_channels = WINOGRAD_MIN_CHANNELS
-    if gemm_min_in_channels is None:
-        gemm_min_in_channels = GEMM_MIN_IN_CHANNELS
+    with at least ``winograd_min_channels`` input and output channels by
+    :class:`WinogradConv3x3` (when ``winograd``), 1x1 convs with at least
+    ``gemm_min_in_channels`` input channels by :class:`GemmConv1x1` (when ``gemm_pointwise``).
+    The widths are ``FastPathOptions`` fields, chosen per CPU tier by ``FastPathOptions.auto``.
+    Returns how many of each were converted."""
+    for name, value in (("winograd_min_channels", winograd_min_channels),
+                        ("gemm_min_in_channels", gemm_min_in_channels)):
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     counts = {"winograd": 0, "gemm_pointwise": 0}
     for parent in list(module.modules()):
         if isinstance(parent, (WinogradConv3x3, GemmConv1x1)):

@@ -12,12 +12,20 @@ the 64x64 feature (``baddbmm_``): no 64x64 intermediate per stage and no separat
 the reference form (both in float32).
 
 Both compute the same functions as the modules they replace, with different rounding (about
-1e-6; tested). :class:`FusedSamNeck` falls back to the reference computation under autograd,
-autocast, tracing or export, or when an input is not float32 channels-last;
-:class:`FusedLayerNorm2d` needs no fallback (``F.layer_norm`` takes any layout and autograd).
+1e-6; tested). Under autocast (the bf16 encoder) the neck's projections run in the autocast
+dtype and the resizes and their sum in float32, as the reference's ``Upsample`` resizes (its
+sum is in the autocast dtype: this one rounds less). :class:`FusedSamNeck` falls back to the
+reference computation under autograd, tracing or export, or when an input is not channels-last
+(or, without autocast, not float32); :class:`FusedLayerNorm2d` needs no fallback
+(``F.layer_norm`` takes any layout and autograd).
+
+The resize matrices are cached per (sizes, device, dtype), at most :data:`RESIZE_CACHE_SIZE` of
+them per process (least recently used dropped): an encoder needs two or three.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -28,20 +36,29 @@ from ..modeling.layers import LayerNorm2d
 from .convs import _channels_last
 from .epilogue import _needs_out_of_place
 
-_MATRICES: dict[tuple, torch.Tensor] = {}
+RESIZE_CACHE_SIZE = 16
+
+
+def _resize_matrix(n_in: int, n_out: int, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    eye = torch.eye(n_in, dtype=torch.float64, device=device).view(n_in, 1, n_in, 1)
+    # Resizing n_in x 1 to n_out x 1: the width axis is the identity (scale 1, offset 0).
+    cols = F.interpolate(eye, size=(n_out, 1), mode="bicubic", align_corners=False)
+    return cols.view(n_in, n_out).t().to(dtype).contiguous()
+
+
+_cached_resize_matrix = functools.lru_cache(maxsize=RESIZE_CACHE_SIZE)(_resize_matrix)
 
 
 def resize_matrix(n_in: int, n_out: int, *, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The ``n_out x n_in`` matrix of 1-D bicubic resizing (``align_corners=False``), as
-    ``F.interpolate`` computes it: column ``j`` is the resized ``j``-th unit vector."""
-    key = (n_in, n_out, str(device), dtype)
-    if key not in _MATRICES:
-        eye = torch.eye(n_in, dtype=torch.float64, device=device).view(n_in, 1, n_in, 1)
-        # Resizing n_in x 1 to n_out x 1: the width axis is the identity (scale 1, offset 0).
-        cols = F.interpolate(eye, size=(n_out, 1), mode="bicubic", align_corners=False)
-        _MATRICES[key] = cols.view(n_in, n_out).t().to(dtype).contiguous()
-    return _MATRICES[key]
+    ``F.interpolate`` computes it: column ``j`` is the resized ``j``-th unit vector. Cached
+    (:data:`RESIZE_CACHE_SIZE` entries); the result is shared, so never modify it."""
+    if torch.compiler.is_compiling():
+        # Traced as constants (inductor folds them); a cache lookup means nothing in a graph.
+        return _resize_matrix(int(n_in), int(n_out), torch.device(device), dtype)
+    return _cached_resize_matrix(int(n_in), int(n_out), torch.device(device), dtype)
 
 
 def add_resized_(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -88,20 +105,25 @@ class FusedSamNeck(nn.Module):
         self.size = int(neck.input_ops[0].op_list[1].size)
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """``stages``: the backbone's outputs (``B x C_s x H_s x W_s``, channels-last for the
+        fused path); returns ``B x out_dim x size x size`` (autocast dtype under autocast)."""
         ids = list(self.stage_ids)
         inputs = [stages[s] for s in ids]
-        if not all(_channels_last(t) and t.dtype == torch.float32
-                   and not _needs_out_of_place(t)
-                   and not torch.is_autocast_enabled(t.device.type) for t in inputs):
+        dev = inputs[0].device.type
+        autocast = torch.is_autocast_enabled(dev)
+        if not all(_channels_last(t) and (autocast or t.dtype == torch.float32)
+                   and not _needs_out_of_place(t) for t in inputs):
             return SamNeck.forward(self, stages)  # the reference computation, same submodules
-        convs = [op.op_list[0] for op in self.input_ops]
-        # The official sum runs right to left: feats[-1] first, then each earlier one added.
-        x = convs[-1](inputs[-1])
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = self.input_ops[-1].op_list[1](x)
-        x = x.contiguous(memory_format=torch.channels_last)  # a no-op for a conv's output
-        for conv, t in zip(reversed(convs[:-1]), reversed(inputs[:-1]), strict=True):
-            add_resized_(x, conv(t).contiguous(memory_format=torch.channels_last))
+        # The projections run under the caller's autocast; resizes and sum in float32.
+        projected = [op.op_list[0](t) for op, t in zip(self.input_ops, inputs, strict=True)]
+        with torch.autocast(dev, enabled=False):
+            # The official sum runs right to left: feats[-1] first, then each earlier one added.
+            x = projected[-1].float()
+            if tuple(x.shape[-2:]) != (self.size, self.size):
+                x = self.input_ops[-1].op_list[1](x)
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op for a conv's output
+            for p in reversed(projected[:-1]):
+                add_resized_(x, p.float().contiguous(memory_format=torch.channels_last))
         return self.output_ops[0](self.middle(x))
 
 

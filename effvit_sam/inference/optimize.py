@@ -1,8 +1,10 @@
 """The inference fast path: ``optimize_for_inference(model) -> model`` with the same interface.
 
 Every option is a field of :class:`FastPathOptions`; :meth:`FastPathOptions.auto` picks the set
-that measurably helps on a device type (figures in the README's speed section). Each option is
-tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py``:
+that measurably helps on a device type and, on CPU, on this CPU's instruction-set tier
+(:mod:`effvit_sam.inference.cpu_features`; ``effvit-sam env`` prints the choice and the reason
+for each field; figures in the README's speed section). Each option is tested against eager
+float32 with a stated tolerance in ``tests/test_fastpath.py``:
 
 * ``fold_bn`` - BatchNorm folded into convolutions (:func:`effvit_sam.inference.fuse.fuse`);
   exact up to float32 rounding (embeddings within 1e-4).
@@ -11,12 +13,14 @@ tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py
   the same kernels, bit-identical results.
 * ``channels_last`` - NHWC activations, which oneDNN's depthwise and 1x1 kernels prefer; exact up
   to rounding.
-* ``winograd`` - stride-1 3x3 convolutions with at least 64 channels computed as Winograd
-  F(4x4, 3x3) (:mod:`effvit_sam.inference.convs`): 4x fewer multiplications, about 1e-5 relative
-  rounding per convolution instead of 2e-6. Needs ``channels_last``.
-* ``gemm_pointwise`` - 1x1 convolutions with at least 1024 input channels as one GEMM on the
-  NHWC view (:mod:`effvit_sam.inference.convs`), where oneDNN's 1x1 kernel is 2-3x slower. Needs
-  ``channels_last``; exact up to rounding.
+* ``winograd`` - stride-1 3x3 convolutions with at least ``winograd_min_channels`` channels
+  computed as Winograd F(4x4, 3x3) (:mod:`effvit_sam.inference.convs`): 4x fewer
+  multiplications, about 1e-5 relative rounding per convolution instead of 2e-6. Needs
+  ``channels_last``.
+* ``gemm_pointwise`` - 1x1 convolutions with at least ``gemm_min_in_channels`` input channels as
+  one GEMM on the NHWC view (:mod:`effvit_sam.inference.convs`), where oneDNN's 1x1 kernel is
+  2-3x slower. Needs ``channels_last``; exact up to rounding. Both widths are per CPU tier
+  (:data:`effvit_sam.inference.cpu_features.CONV_THRESHOLDS`, chosen by ``auto``).
 * ``fuse_neck`` - the neck's bicubic upsample-and-sum as two small GEMMs accumulating into one
   buffer, the final LayerNorm2d as one ``F.layer_norm`` (:mod:`effvit_sam.inference.neck`); exact up
   to rounding.
@@ -27,9 +31,13 @@ tested against eager float32 with a stated tolerance in ``tests/test_fastpath.py
 * ``compile`` - ``torch.compile`` (inductor) of the image encoder. On CPU it runs with inductor's
   weight freezing (constant-folded, prepacked oneDNN weights and conv+GELU epilogue fusion),
   enabled only around the compiled call, never globally. Embeddings within 1e-3.
-* ``autocast_dtype`` - bf16/fp16 autocast of the encoder on GPU. The linear attention, the
-  LayerNorm and the bicubic upsampling run in float32 inside the model whatever the autocast
-  dtype, as the official model requires. Not used on CPU (no bf16 units on this class of CPU).
+* ``autocast_dtype`` - bf16/fp16 autocast of the encoder on GPU, bf16 on CPU (oneDNN's bf16
+  convolutions and GEMMs: AMX tiles or AVX512-BF16 where the CPU has them, emulated elsewhere).
+  The linear attention, the LayerNorm and the bicubic upsampling run in float32 inside the model
+  whatever the autocast dtype, as the official model requires (the fused neck resizes and sums
+  in float32 too). Excludes the float32 rewrites ``winograd`` and ``gemm_pointwise``. Not exact
+  (about 1e-2 relative L2 on embeddings); on CPU opt-in only (``FastPathOptions.bf16()``) until
+  its mask agreement is measured on the reference and a trained model.
 * ``keep_freed_memory`` - make the process reuse freed CPU memory instead of page-faulting fresh
   memory for every large activation (:mod:`effvit_sam.inference.cpu_memory`; glibc Linux).
   Process-wide and applied on the first CPU encoder call; it changes no value, only where
@@ -56,6 +64,7 @@ from torch import nn
 
 from ..modeling import EfficientViTSam
 from .convs import convert_convs
+from .cpu_features import CONV_THRESHOLDS, cpu_choices, detect_cpu_features
 from .cpu_memory import keep_freed_memory
 from .epilogue import fuse_epilogues, use_compiled_gelu
 from .fuse import fuse
@@ -76,6 +85,8 @@ class FastPathOptions:
     channels_last: bool = True
     winograd: bool = True
     gemm_pointwise: bool = True
+    winograd_min_channels: int = CONV_THRESHOLDS["avx2"].winograd_min_channels
+    gemm_min_in_channels: int = CONV_THRESHOLDS["avx2"].gemm_min_in_channels
     fuse_neck: bool = True
     compiled_gelu: bool = False
     compile: bool = False
@@ -97,6 +108,14 @@ class FastPathOptions:
             if getattr(self, name) and not self.channels_last:
                 raise ValueError(f"{name} works on channels-last activations: set "
                                  f"channels_last=True or {name}=False")
+            if getattr(self, name) and self.autocast_dtype is not None:
+                raise ValueError(f"{name} is a float32 rewrite; with autocast_dtype the "
+                                 f"convolutions run in oneDNN/cuDNN's low-precision kernels: set "
+                                 f"{name}=False (FastPathOptions.bf16() does)")
+        for name in ("winograd_min_channels", "gemm_min_in_channels"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.compiled_gelu and not self.fuse_epilogues:
             raise ValueError("compiled_gelu runs in the in-place epilogues: set "
                              "fuse_epilogues=True or compiled_gelu=False")
@@ -109,23 +128,56 @@ class FastPathOptions:
 
     @classmethod
     def auto(cls, device: str | torch.device | None = None) -> FastPathOptions:
-        """The default for a device type: what measurably helps there.
+        """The default for a device type and, on CPU, for this CPU: what measurably helps there.
 
-        CPU: BN folding, epilogue fusion, channels-last, Winograd 3x3 and GEMM 1x1 convolutions,
-        the fused neck, the compiled GELU (when a C++ compiler is found) and kept freed memory
-        (``compile=True`` is opt-in, see the README).
+        CPU: BN folding, epilogue fusion, channels-last, Winograd 3x3 and GEMM 1x1 convolutions
+        with the widths of this CPU's tier, the fused neck, the compiled GELU (when a C++
+        compiler is found) and kept freed memory, all float32 (``compile=True`` and bf16 are
+        opt-in, see the README).
         CUDA: BN folding, epilogues, channels-last, a compiled encoder and bf16 autocast (fp16
         where the GPU has no bf16); cuDNN picks its own convolution algorithms.
+        :meth:`auto_explained` gives the reason for each field.
         """
+        return cls.auto_explained(device)[0]
+
+    @classmethod
+    def auto_explained(cls, device: str | torch.device | None = None
+                       ) -> tuple[FastPathOptions, dict[str, str]]:
+        """``auto(device)`` and, for every field, why it has that value."""
         dev = torch.device(device if device is not None else "cpu")
         if dev.type == "cpu":
-            return cls(keep_freed_memory=True, compiled_gelu=cxx_compiler_available())
+            choices = cpu_choices(detect_cpu_features(), cxx_compiler=cxx_compiler_available())
+            return (cls(**{k: v for k, (v, _) in choices.items()}),
+                    {k: why for k, (_, why) in choices.items()})
         gpu = cls(winograd=False, gemm_pointwise=False, fuse_neck=False)
+        why = dict(fold_bn="exact: BatchNorm folded into its conv",
+                   fuse_epilogues="bit-identical: GELU and adds in the conv's output buffer",
+                   channels_last="NHWC for the GPU's tensor-core convolution kernels",
+                   winograd="off: cuDNN picks its own convolution algorithms",
+                   gemm_pointwise="off: cuDNN picks its own convolution algorithms",
+                   fuse_neck="off: a CPU rewrite", compiled_gelu="off: a CPU kernel",
+                   keep_freed_memory="off: a CPU allocator setting",
+                   int8_encoder="off: CPU only", quantize_decoder="off: CPU only",
+                   winograd_min_channels="unused: winograd is off",
+                   gemm_min_in_channels="unused: gemm_pointwise is off",
+                   freeze_weights="CPU inductor only")
         if dev.type == "cuda":
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            return gpu.with_(compile=True, autocast_dtype=torch.bfloat16 if bf16 else torch.float16)
+            why.update(compile="on: inductor fuses the elementwise ops around cuDNN's convs",
+                       autocast_dtype="bf16: this GPU supports it" if bf16
+                       else "fp16: this GPU has no bf16")
+            return (gpu.with_(compile=True,
+                              autocast_dtype=torch.bfloat16 if bf16 else torch.float16), why)
         # mps and others: only the transformations that cannot hit unsupported kernels.
-        return gpu
+        why.update(compile="off: not measured on this device type",
+                   autocast_dtype="off: not measured on this device type")
+        return gpu, why
+
+    @classmethod
+    def bf16(cls) -> FastPathOptions:
+        """The CPU fast path with a bf16 encoder (opt-in; not exact: see the module docstring)."""
+        return cls.auto("cpu").with_(autocast_dtype=torch.bfloat16, winograd=False,
+                                     gemm_pointwise=False)
 
     @classmethod
     def int8(cls) -> FastPathOptions:
@@ -213,8 +265,9 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
     opts = options if options is not None else FastPathOptions.auto(dev)
     if not isinstance(opts, FastPathOptions):
         raise TypeError(f"options must be FastPathOptions, got {type(opts).__name__}")
-    if opts.autocast_dtype is not None and dev.type == "cpu":
-        raise ValueError("autocast_dtype is for GPUs; on CPU it is slower and less accurate")
+    if opts.autocast_dtype == torch.float16 and dev.type == "cpu":
+        raise ValueError("autocast_dtype=torch.float16 is for GPUs; on CPU use torch.bfloat16 "
+                         "(FastPathOptions.bf16())")
     if opts.quantize_decoder and dev.type != "cpu":
         raise ValueError("quantize_decoder (dynamic int8) runs on CPU only")
     if opts.int8_encoder and dev.type != "cpu":
@@ -242,7 +295,9 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
         if opts.fuse_neck:
             fuse_neck(encoder)
         if opts.winograd or opts.gemm_pointwise:
-            convert_convs(encoder, winograd=opts.winograd, gemm_pointwise=opts.gemm_pointwise)
+            convert_convs(encoder, winograd=opts.winograd, gemm_pointwise=opts.gemm_pointwise,
+                          winograd_min_channels=opts.winograd_min_channels,
+                          gemm_min_in_channels=opts.gemm_min_in_channels)
         if opts.channels_last:
             encoder = encoder.to(memory_format=torch.channels_last)
     for p in base.parameters():

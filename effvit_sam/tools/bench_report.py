@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..inference.cpu_features import detect_cpu_features
 from ..io import atomic_write
 
 KEPT_MEMORY_ENGINES = ("fast", "fast_direct", "compiled", "int8")
@@ -59,7 +60,8 @@ def summarise(args, engines: list, device: torch.device, *,
                    "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
                    "prompts": args.prompts, "engines": args.engines, "sam": args.sam,
                    "torch": torch.__version__, "machine": platform.processor() or
-                   platform.machine(), "cpus": os.cpu_count()},
+                   platform.machine(), "cpus": os.cpu_count(),
+                   "cpu_features": detect_cpu_features().summary()},
         "results": results,
         "ratios": ratios,
     }
@@ -70,7 +72,8 @@ def markdown_table(report: dict) -> str:
     cfg = report["config"]
     b = cfg["batch"]
     lines = [f"Model `{cfg['model']}` on {cfg['device']}, {cfg['threads']} threads, median of "
-             f"{cfg['runs']} interleaved runs (torch {cfg['torch']}).", "",
+             f"{cfg['runs']} interleaved runs (torch {cfg['torch']}).",
+             *([f"CPU: {cfg['cpu_features']}"] if "cpu_features" in cfg else []), "",
              f"| engine | encoder b1 (s) | x eager | encoder b{b} (img/s) | end-to-end (s) | "
              "decoder 1/call (prompts/s) | decoder batched (prompts/s) | peak mem (MiB) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -40,8 +40,13 @@ OPTION_SETS: dict[str, FastPathOptions] = {
     "auto": FastPathOptions.auto("cpu"),
     "compile": FastPathOptions.auto("cpu").with_(compile=True),
     "quantize_decoder": FastPathOptions.auto("cpu").with_(quantize_decoder=True),
+    "bf16": FastPathOptions.bf16(),
     "int8": FastPathOptions.int8(),
 }
+
+# Left out of the default list: inductor compiles for minutes on a small CPU, and bf16 is
+# emulated (slow) on CPUs without bf16 units.
+SLOW_OPTION_SETS = ("compile", "int8", "bf16")
 
 
 @dataclass
@@ -118,7 +123,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--image", type=Path, default=None,
                         help="an image to encode (default: a made scene)")
     parser.add_argument("--options", nargs="+", choices=list(OPTION_SETS),
-                        default=[n for n in OPTION_SETS if n not in ("compile", "int8")])
+                        default=[n for n in OPTION_SETS if n not in SLOW_OPTION_SETS],
+                        help=f"default: all but {', '.join(SLOW_OPTION_SETS)} (slow: compiling, "
+                             "or bf16 emulated on CPUs without bf16 units)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:

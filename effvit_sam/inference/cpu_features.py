@@ -1,0 +1,263 @@
+"""What this CPU can do, and what that means for the encoder's fast path.
+
+:func:`detect_cpu_features` asks PyTorch first: ``torch.cpu.get_capabilities()`` (cpuinfo's
+CPUID reading, the same library ATen and oneDNN dispatch on) and
+``torch.backends.cpu.get_cpu_capability()`` (the vector kernels this torch build runs). Where
+the first is missing (older torch) it reads ``/proc/cpuinfo``: the x86 ``flags`` line or the
+ARM ``Features`` line. Both paths end in one frozen :class:`CpuFeatures`.
+
+:data:`CONV_THRESHOLDS` holds, per instruction-set tier (:attr:`CpuFeatures.tier`), the channel
+widths above which the Winograd and GEMM convolutions beat oneDNN's own kernels; each entry says
+whether it was measured or copied from another tier until someone measures it.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CPUINFO = Path("/proc/cpuinfo")
+
+# CpuFeatures field -> (torch.cpu.get_capabilities() key, /proc/cpuinfo flag). One table for
+# both sources, so a feature cannot be read under two spellings.
+_X86 = {
+    "avx2": ("avx2", "avx2"),
+    "avx512f": ("avx512_f", "avx512f"),
+    "avx512bw": ("avx512_bw", "avx512bw"),
+    "avx512vl": ("avx512_vl", "avx512vl"),
+    "avx512_vnni": ("avx512_vnni", "avx512_vnni"),
+    "avx_vnni": ("avx_vnni", "avx_vnni"),
+    "avx512_bf16": ("avx512_bf16", "avx512_bf16"),
+    "amx_tile": ("amx_tile", "amx_tile"),
+    "amx_bf16": ("amx_bf16", "amx_bf16"),
+    "amx_int8": ("amx_int8", "amx_int8"),
+}
+_ARM = {
+    "neon": ("neon", "asimd"),
+    "sve": ("sve", "sve"),
+    "arm_bf16": ("bf16", "bf16"),
+}
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The instruction-set features of one CPU (x86 and ARM fields; the other kind's are False).
+
+    ``torch_kernels`` is ``torch.backends.cpu.get_cpu_capability()`` ("AVX512", "AVX2",
+    "SVE256", "DEFAULT", ...): which of ATen's vectorised kernels this build runs here, which
+    can be less than the hardware has (``ATEN_CPU_CAPABILITY``). ``source`` says where the
+    flags came from.
+    """
+
+    arch: str
+    model_name: str
+    torch_kernels: str
+    source: str
+    avx2: bool = False
+    avx512f: bool = False
+    avx512bw: bool = False
+    avx512vl: bool = False
+    avx512_vnni: bool = False
+    avx_vnni: bool = False
+    avx512_bf16: bool = False
+    amx_tile: bool = False
+    amx_bf16: bool = False
+    amx_int8: bool = False
+    neon: bool = False
+    sve: bool = False
+    arm_bf16: bool = False
+
+    @property
+    def avx512(self) -> bool:
+        """AVX-512 F, BW and VL: what oneDNN's ``avx512_core`` kernels need."""
+        return self.avx512f and self.avx512bw and self.avx512vl
+
+    @property
+    def amx(self) -> bool:
+        """AMX tiles with bf16 multiplies: bf16 convolutions and GEMMs at many times fp32's rate."""
+        return self.amx_tile and self.amx_bf16
+
+    @property
+    def tier(self) -> str:
+        """The instruction-set tier the fast path's per-CPU choices are keyed by: ``amx``,
+        ``avx512``, ``avx2``, ``arm`` (NEON) or ``baseline``."""
+        if self.amx:
+            return "amx"
+        if self.avx512:
+            return "avx512"
+        if self.avx2:
+            return "avx2"
+        if self.neon:
+            return "arm"
+        return "baseline"
+
+    def names(self) -> list[str]:
+        """The features present, in their usual spelling."""
+        spelled = [("avx2", "AVX2"), ("avx512", "AVX-512(F/BW/VL)"),
+                   ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
+                   ("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX-TILE"),
+                   ("amx_bf16", "AMX-BF16"), ("amx_int8", "AMX-INT8"), ("neon", "NEON"),
+                   ("sve", "SVE"), ("arm_bf16", "ARM-BF16")]
+        return [label for attr, label in spelled if getattr(self, attr)]
+
+    def summary(self) -> str:
+        """One line: model, arch, features, torch's kernel level and the tier."""
+        feats = " ".join(self.names()) or "no vector extensions detected"
+        return (f"{self.model_name} ({self.arch}): {feats}; torch kernels {self.torch_kernels}; "
+                f"fast-path tier {self.tier} (from {self.source})")
+
+
+def features_from_capabilities(caps: Mapping[str, object], *, torch_kernels: str,
+                               model_name: str | None = None) -> CpuFeatures:
+    """:class:`CpuFeatures` from a ``torch.cpu.get_capabilities()`` mapping."""
+    arch = str(caps.get("architecture", platform.machine()))
+    name = model_name or str(caps.get("cpu_name") or "unknown CPU")
+    flags = {field: bool(caps.get(key, False))
+             for field, (key, _) in (*_X86.items(), *_ARM.items())}
+    return CpuFeatures(arch=arch, model_name=name, torch_kernels=torch_kernels,
+                       source="torch.cpu.get_capabilities", **flags)
+
+
+def features_from_cpuinfo(text: str, *, torch_kernels: str, arch: str | None = None
+                          ) -> CpuFeatures:
+    """:class:`CpuFeatures` from the text of ``/proc/cpuinfo`` (its first processor block).
+
+    x86 lists its features on a ``flags`` line and names the CPU on ``model name``; ARM lists
+    them on ``Features`` and names only the implementer and part numbers.
+    """
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip().lower()
+        if sep and key and key not in fields:
+            fields[key] = value.strip()
+    if "flags" in fields:
+        present, table = set(fields["flags"].split()), _X86
+        arch = arch or "x86_64"
+        name = fields.get("model name", "unknown x86 CPU")
+    elif "features" in fields:
+        present, table = set(fields["features"].split()), _ARM
+        arch = arch or "aarch64"
+        name = fields.get("model name") or (f"ARM implementer {fields.get('cpu implementer', '?')}"
+                                            f" part {fields.get('cpu part', '?')}")
+    else:
+        raise ValueError("no 'flags' (x86) or 'Features' (ARM) line in the cpuinfo text")
+    flags = {field: flag in present for field, (_, flag) in table.items()}
+    return CpuFeatures(arch=arch, model_name=name, torch_kernels=torch_kernels,
+                       source="/proc/cpuinfo", **flags)
+
+
+def _model_name_from_cpuinfo() -> str | None:
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def detect_cpu_features() -> CpuFeatures:
+    """This machine's :class:`CpuFeatures` (computed once per process: the CPU does not change).
+
+    Raises ``RuntimeError`` when neither torch's query nor ``/proc/cpuinfo`` is available.
+    """
+    kernels = torch.backends.cpu.get_cpu_capability()
+    get_caps = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.9
+    if get_caps is not None:
+        # cpuinfo's name for AMD parts is short ("AMD EPYC"); the kernel's is often fuller.
+        return features_from_capabilities(get_caps(), torch_kernels=kernels,
+                                          model_name=_model_name_from_cpuinfo())
+    try:
+        text = CPUINFO.read_text()
+    except OSError as err:
+        raise RuntimeError(f"cannot detect CPU features: torch {torch.__version__} has no "
+                           f"torch.cpu.get_capabilities and {CPUINFO} is unreadable ({err})"
+                           ) from err
+    return features_from_cpuinfo(text, torch_kernels=kernels, arch=platform.machine())
+
+
+@dataclass(frozen=True)
+class ConvThresholds:
+    """When the fast path's convolution rewrites pay off on a tier (``FastPathOptions`` fields).
+
+    winograd_min_channels: a stride-1 3x3 conv is computed as Winograd F(4x4, 3x3) when both
+    its input and output widths reach this. gemm_min_in_channels: a 1x1 conv is one GEMM on
+    the NHWC view when its input width reaches this. ``provenance`` says where they come from.
+    """
+
+    winograd_min_channels: int
+    gemm_min_in_channels: int
+    provenance: str
+
+
+_MEASURED = ConvThresholds(64, 1024, "measured (README speed section) on a 2-core AMD EPYC VM "
+                                     "documented there as AVX2 without AVX-512")
+_COPIED = "not re-measured: the AVX2 values"
+
+# Per tier. Only the AVX2 entry is measured; the others copy it until someone measures them on
+# such a CPU (below these widths the transforms or the GEMM call cost more than they save).
+CONV_THRESHOLDS: dict[str, ConvThresholds] = {
+    "avx2": _MEASURED,
+    "avx512": ConvThresholds(64, 1024, _COPIED),
+    "amx": ConvThresholds(64, 1024, _COPIED + " (fp32 convolutions run on AVX-512 there)"),
+    "arm": ConvThresholds(64, 1024, _COPIED),
+    "baseline": ConvThresholds(64, 1024, _COPIED),
+}
+
+
+def _bf16_reason(f: CpuFeatures) -> str:
+    if f.amx:
+        return ("AMX-BF16 is here, and bf16 autocast was measured 2.2x (L0) / 2.35x (XL1) "
+                "eager float32 on such a Xeon at ~1-2% relative L2 on the embeddings, but it "
+                "stays opt-in (FastPathOptions.bf16()) until masks are measured >= 99.5% equal "
+                "on the reference weights and on a trained model")
+    if f.avx512_bf16 or f.arm_bf16:
+        return ("bf16 dot products (AVX512-BF16 / ARM BF16) but no AMX tiles; bf16 is not "
+                "measured faster here and is not exact (opt in: FastPathOptions.bf16())")
+    return "no bf16 units (AMX-BF16, AVX512-BF16); bf16 would be emulated: slower, less exact"
+
+
+def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool) -> dict[str, tuple[object, str]]:
+    """``FastPathOptions.auto`` on a CPU with features ``f``: option name -> (value, why).
+
+    cxx_compiler: whether inductor finds a C++ compiler (the compiled GELU needs one). Every
+    ``FastPathOptions`` field is named, so ``effvit-sam env`` can say why for each.
+    """
+    t = CONV_THRESHOLDS[f.tier]
+    vnni = "VNNI int8 dot products here" if f.avx512_vnni or f.avx_vnni or f.amx_int8 \
+        else "no VNNI here: 7-bit activations"
+    return {
+        "fold_bn": (True, "exact: BatchNorm folded into its conv, one pass less per layer"),
+        "fuse_epilogues": (True, "bit-identical: GELU and residual adds in the conv's own output "
+                                 "buffer, no activation-sized allocation each"),
+        "channels_last": (True, "oneDNN's depthwise and 1x1 kernels prefer NHWC; the Winograd and "
+                                "GEMM convolutions need it"),
+        "winograd": (True, "float32 Winograd F(4x4,3x3) for wide stride-1 3x3 convs: 4x fewer "
+                           "multiplications, ~1e-5 relative rounding per conv"),
+        "winograd_min_channels": (t.winograd_min_channels, f"tier {f.tier}: {t.provenance}"),
+        "gemm_pointwise": (True, "1x1 convs reading many channels as one GEMM: oneDNN's 1x1 kernel "
+                                 "is 2-3x slower there; exact up to rounding"),
+        "gemm_min_in_channels": (t.gemm_min_in_channels, f"tier {f.tier}: {t.provenance}"),
+        "fuse_neck": (True, "the neck's bicubic resizes as GEMMs accumulating into one buffer; "
+                            "exact up to rounding"),
+        "compiled_gelu": (cxx_compiler, "a C++ compiler was found: inductor's in-place GELU loop, "
+                                        "half the time of PyTorch's tanh kernel" if cxx_compiler
+                          else "no C++ compiler ($CXX, c++, g++, clang++): PyTorch's gelu_"),
+        "compile": (False, "opt-in: torch.compile's first call takes a minute or more on a small "
+                           "CPU"),
+        "freeze_weights": (True, "only used with compile: inductor folds and prepacks the weights"),
+        "keep_freed_memory": (True, "large activations reuse freed memory instead of page-faulting "
+                                    "a fresh mmap each (glibc)"),
+        "int8_encoder": (False, f"lossy (~6% relative L2 on embeddings), opt-in with "
+                                f"FastPathOptions.int8(); {vnni}"),
+        "autocast_dtype": (None, _bf16_reason(f)),
+        "quantize_decoder": (False, "lossy (masks 98-99% equal), opt-in"),
+    }
