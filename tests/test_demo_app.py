@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo.app import SESSION_EXPIRED
 from effvit_sam.masks import rle_to_mask
 from effvit_sam.visualize import (
     BACKGROUND,
@@ -212,8 +213,9 @@ def test_sessions_beyond_capacity_are_dropped(server, tmp_path):
     clients = [_client(server) for _ in range(MAX_SESSIONS + 1)]
     for c in clients:
         c.predict(handle_file(str(image)), api_name="/upload")
-    # The least recently used session lost its image and embedding; the newest kept them.
-    with pytest.raises(Exception, match="upload an image"):
+    # The least recently used session lost its image and embedding, and is told so; the newest
+    # kept them.
+    with pytest.raises(Exception, match=re.escape(SESSION_EXPIRED)):
         clients[0].predict(5, 5, "point", False, True, api_name="/click")
     clients[-1].predict(5, 5, "point", False, True, api_name="/click")
 
