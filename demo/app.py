@@ -2,10 +2,12 @@
 
 Per-tab state is one ``gr.State`` holding a :class:`DemoSession` (image, embedding, prompts,
 masks). Memory stays bounded across many users because (1) a tab holds one embedding, replaced
-on each upload; (2) Gradio drops a tab's state when it closes, and ``time_to_live`` drops idle
-ones; (3) ``state_session_capacity`` (set at launch) evicts the least recently used sessions
-beyond a fixed count. A tab whose state was dropped gets :data:`SESSION_EXPIRED` on its next
-event (a :class:`demo.session.SessionTracker` remembers which tabs had uploaded).
+on each upload; (2) when a tab closes (its heartbeat stops) the page's ``unload`` handler frees
+its embedding at once (Gradio itself keeps a closed tab's state for an hour), and
+``time_to_live`` drops idle ones; (3) ``state_session_capacity`` (set at launch) evicts the
+least recently used sessions beyond a fixed count. A tab whose state was dropped gets
+:data:`SESSION_EXPIRED` on its next event (a :class:`demo.session.SessionTracker` remembers
+which tabs had uploaded).
 
 Uploads reach :meth:`DemoBackend.read_upload` undecoded (``preprocess=False``), so a file that is
 not an image, is truncated, too large or too thin is answered with a message on the page before
@@ -171,6 +173,11 @@ def build_app(backend: DemoBackend, *, session_ttl: float = 1800.0,
             return view(session)
         return view(backend.select(require(session, request), int(index)))
 
+    def on_close(request: gr.Request) -> None:
+        # The tab is gone: free its image and embedding now. It stays "uploaded" in the tracker,
+        # so a tab that was only disconnected and comes back is told its session expired.
+        close_session(tracker.session(request.session_hash))
+
     @_user_errors
     def on_export(session: DemoSession | None, request: gr.Request) -> tuple[str, str]:
         png, js = backend.export(require(session, request))
@@ -222,4 +229,5 @@ def build_app(backend: DemoBackend, *, session_ttl: float = 1800.0,
         clear.click(on_clear, [state], views, api_name="clear")
         choice.input(on_choose, [state, choice], views, api_name="select")
         export.click(on_export, [state], [png_file, json_file], api_name="export")
+        app.unload(on_close)
     return app

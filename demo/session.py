@@ -125,6 +125,12 @@ class SessionTracker:
         with self._lock:
             self._clients.pop(client, None)
 
+    def session(self, client: str | None) -> DemoSession | None:
+        """``client``'s session if it is still in memory (closed or not), else ``None``."""
+        with self._lock:
+            ref = self._clients.get(client)
+        return None if ref is None else ref()
+
     def uploaded(self, client: str | None) -> bool:
         """Whether ``client`` has uploaded an image (and not removed it since)."""
         with self._lock:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import gc
 import json
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +31,12 @@ def backend():
                        weights="random weights", random_weights=True, points_per_side=4)
 
 
+def _png(image: np.ndarray) -> Path:
+    path = Path(tempfile.mkdtemp()) / "image.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
 def launch(backend, *, max_sessions: int, session_ttl: float):
     """The page on a free loopback port in this process; returns it and its tracker."""
     tracker = SessionTracker()
@@ -38,7 +47,9 @@ def launch(backend, *, max_sessions: int, session_ttl: float):
     return app, tracker
 
 
-def test_four_sessions_on_three_slots(backend, tmp_path):
+def test_four_sessions_on_three_slots(backend, tmp_path, monkeypatch):
+    # No tab closes during the run (a closing tab frees its embedding: see the next test).
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "600")
     app, tracker = launch(backend, max_sessions=3, session_ttl=1800)
     try:
         code = load_test.main(["--url", app.local_url, "--sessions", "4", "--clicks", "3",
@@ -79,6 +90,27 @@ def test_an_idle_session_expires_after_the_ttl(backend):
     assert user.served == 1 and user.expired == [SESSION_EXPIRED] * 2  # the click and the probe
     assert user.alive is False and not user.completed
     assert held == 0  # the TTL's delete callback freed the embedding
+
+
+def test_closing_the_tab_frees_its_embedding(backend, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.2")  # notice the closed tab quickly
+    app, tracker = launch(backend, max_sessions=8, session_ttl=1800)
+    try:
+        tabs = [Client(app.local_url, verbose=False) for _ in range(2)]
+        image = made_image(0)
+        for tab in tabs:
+            tab.predict(handle_file(str(_png(image))), api_name="/upload")
+        assert tracker.alive() == 2
+        tabs[0].close()
+        deadline = time.monotonic() + 30
+        while tracker.alive() > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tracker.alive() == 1  # the closed tab's, not the open one's
+        tabs[1].predict(5, 5, "point", False, True, api_name="/click")
+    finally:
+        app.close()
 
 
 def test_made_images_are_all_different():
