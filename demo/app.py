@@ -120,7 +120,10 @@ def build_app(backend: DemoBackend, *, session_ttl: float = 1800.0,
             close_session(session)
             tracker.forget(request.session_hash)
             return view(None)
-        image = backend.read_upload(upload["path"], name=upload.get("orig_name") or "the upload")
+        name = upload.get("orig_name") or "the upload"
+        if not upload.get("path"):
+            raise gr.Error(f"{name} reached the server without its file: upload it again")
+        image = backend.read_upload(upload["path"], name=name)
         session = backend.new_session(image, previous=session)
         tracker.opened(request.session_hash, session)
         return view(session)

@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from effvit_sam.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 URL_LINE = re.compile(r"running at (http://\S+)")
 
@@ -34,8 +36,8 @@ def start_server(*, model: str, port: int, checkpoint: Path | None = None, devic
     """Launch the demo CLI and wait (at most ``startup_s``) for the URL it prints.
 
     Random weights unless ``checkpoint`` is given. Returns the process (its output keeps being
-    collected in ``proc.log``, a list of lines) and the URL. Raises ``RuntimeError`` with the
-    server's output if it exits or does not print its URL in time.
+    collected in ``proc.log``, a list of lines) and the URL. Raises ``UserError`` with the end of
+    the server's output if it exits or does not print its URL in time.
     """
     weights = ["--checkpoint", str(checkpoint)] if checkpoint else ["--random-weights"]
     cmd = [sys.executable, "-m", "demo", "--model", model, *weights, "--host", "127.0.0.1",
@@ -62,7 +64,8 @@ def start_server(*, model: str, port: int, checkpoint: Path | None = None, devic
         if match:
             return proc, match.group(1)
     stop_server(proc)
-    raise RuntimeError("the demo server did not start:\n" + "".join(proc.log))
+    raise UserError(f"the demo server ({' '.join(cmd[1:])}) did not start within {startup_s:g} s:\n"
+                    + "".join(proc.log[-20:]))
 
 
 def stop_server(proc: subprocess.Popen, *, timeout: float = 60.0) -> int:

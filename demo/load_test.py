@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from effvit_sam.errors import run_command
 from effvit_sam.io import write_json
 
 from .app import SESSION_EXPIRED
@@ -130,8 +131,8 @@ class User:
             overlay, choice, status, *_ = self.call(x, y, "point", background, True,
                                                     api_name="/click")
             self.result.click_ms.append((time.perf_counter() - start) * 1000)
-            self.result.decoder_ms += [float(v) for k_, v in STATUS_MS.findall(status)
-                                       if k_ == "decoder"]
+            self.result.decoder_ms += [float(ms) for kind, ms in STATUS_MS.findall(status)
+                                       if kind == "decoder"]
             self.leak(f"click {k}", check_overlay(overlay, self.image, exact=False))
             if len(choice.get("choices") or []) != 3:
                 self.leak(f"click {k}", [f"expected 3 alternative masks, got {choice!r}"])
@@ -312,4 +313,4 @@ def print_report(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("python -m demo.load_test", main, sys.argv[1:]))

@@ -5,7 +5,8 @@ The page hands the uploaded file to :func:`read_upload` undecoded (the upload ev
 kilobytes that claims to be 20000 x 20000 would already be 1.2 GB of RGB before any check ran.
 Here the size is read from the file's header and checked before a single pixel is decoded.
 
-What is accepted (every refusal is a ``ValueError`` whose message the page shows):
+What is accepted (every refusal is a :class:`effvit_sam.errors.UserError`, a ``ValueError``,
+whose message the page shows):
 
 * any format PIL reads (PNG, JPEG, WebP, BMP, TIFF, GIF's first frame, ...), turned the way its
   EXIF orientation says (as a browser shows it);
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from effvit_sam.errors import UserError
 from effvit_sam.geometry import PROMPT_FRAME, preprocess_shape
 
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -38,20 +40,20 @@ def check_image_size(height: int, width: int, *, max_pixels: int, encoder_size: 
                      name: str = "the image") -> None:
     """Refuse an ``height x width`` image the demo cannot or will not segment.
 
-    Raises ``ValueError`` when it has more than ``max_pixels`` pixels, or when its short side
+    Raises ``UserError`` when it has more than ``max_pixels`` pixels, or when its short side
     would round to 0 pixels once the long side is resized to ``encoder_size`` (or to SAM's
     1024-pixel prompt frame): that happens when the long side is more than about
     ``2 * encoder_size`` times the short side. Messages call the image ``name``.
     """
     if height <= 0 or width <= 0:
-        raise ValueError(f"{name} is empty ({width}x{height} pixels)")
+        raise UserError(f"{name} is empty ({width}x{height} pixels)")
     pixels = height * width
     if pixels > max_pixels:
-        raise ValueError(f"{name} is {width}x{height} = {pixels:,} pixels, more than this "
+        raise UserError(f"{name} is {width}x{height} = {pixels:,} pixels, more than this "
                          f"demo's limit of {max_pixels:,} pixels: upload a smaller image")
     for side in sorted({encoder_size, PROMPT_FRAME}):
         if min(preprocess_shape(height, width, side)) == 0:
-            raise ValueError(
+            raise UserError(
                 f"{name} is {width}x{height} pixels: too thin to segment (its short side "
                 f"would shrink to 0 pixels at the model's {side}-pixel input); the long side may "
                 f"be at most {2 * side} times the short side")
@@ -71,7 +73,7 @@ def read_upload(path: str | Path, *, name: str, max_pixels: int = DEFAULT_MAX_PI
     """Read the uploaded file at ``path`` as an ``H x W x 3`` uint8 RGB image (original frame).
 
     ``name`` is how the user knows the file (its original name); messages use it, never the
-    server's path. Raises ``ValueError`` with a message for the page when the file is not an
+    server's path. Raises ``UserError`` with a message for the page when the file is not an
     image, is truncated or damaged, is larger than ``max_pixels`` or too thin (see
     :func:`check_image_size`). Nothing is decoded before the size has been checked.
     """
@@ -80,18 +82,18 @@ def read_upload(path: str | Path, *, name: str, max_pixels: int = DEFAULT_MAX_PI
     except Image.DecompressionBombError:
         # PIL refuses before even reporting the size: the file claims more than twice
         # PIL.Image.MAX_IMAGE_PIXELS, far above any limit this demo would accept.
-        raise ValueError(f"{name} is too large: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
+        raise UserError(f"{name} is too large: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, "
                          f"and this demo's limit is {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{name} is not an image (expected PNG, JPEG, WebP, BMP, TIFF or "
+        raise UserError(f"{name} is not an image (expected PNG, JPEG, WebP, BMP, TIFF or "
                          "GIF)") from None
     except OSError as err:
-        raise ValueError(f"{name} could not be read: {err}") from None
+        raise UserError(f"{name} could not be read: {err}") from None
     with image:
         check_image_size(image.height, image.width, max_pixels=max_pixels,
                          encoder_size=encoder_size, name=name)
         try:
             return _to_rgb(ImageOps.exif_transpose(image))
         except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise ValueError(f"{name} could not be decoded, the file is truncated or damaged "
+            raise UserError(f"{name} could not be decoded, the file is truncated or damaged "
                              f"({err})") from None

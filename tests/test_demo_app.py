@@ -17,6 +17,7 @@ from PIL import Image
 
 from demo.app import SESSION_EXPIRED
 from demo.load_server import free_port, start_server, stop_server
+from effvit_sam.errors import UserError
 from effvit_sam.masks import rle_to_mask
 from effvit_sam.visualize import (
     BACKGROUND,
@@ -48,7 +49,7 @@ def server():
     try:
         proc, url = start_server(model="efficientvit-sam-tiny", port=port, points_per_side=4,
                                  max_sessions=MAX_SESSIONS, startup_s=STARTUP_S)
-    except RuntimeError as err:
+    except UserError as err:
         pytest.fail(str(err))
     yield {"url": url, "port": port, "log": proc.log}
     code = stop_server(proc)
