@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from effvit_sam.predictor_inputs import as_rgb_image
 
 from . import render
 from .prompts import BACKGROUND, FOREGROUND, PromptHistory, add_click, to_predictor_inputs
+from .upload import DEFAULT_MAX_PIXELS, check_image_size, read_upload
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +93,63 @@ def close_session(session: DemoSession | None) -> None:
         session.close()
 
 
+class SessionTracker:
+    """Which clients (Gradio session hashes) uploaded an image, and which sessions still live.
+
+    Gradio drops a tab's state after ``--session-ttl`` idle seconds or, beyond
+    ``--max-sessions``, the least recently used one; the tab's next event then arrives with no
+    session. :meth:`uploaded` tells that case ("session expired, upload again") from a tab that
+    never uploaded. Only the ids and weak references are kept, at most ``remember`` of them (the
+    oldest forgotten first), so the tracker never keeps a session's memory alive.
+    """
+
+    def __init__(self, *, remember: int = 10_000) -> None:
+        if remember < 1:
+            raise ValueError(f"remember must be at least 1, got {remember}")
+        self.remember = remember
+        self._clients: OrderedDict[str, weakref.ref[DemoSession]] = OrderedDict()
+        self._lock = threading.Lock()  # Gradio runs handlers in a thread pool
+
+    def opened(self, client: str | None, session: DemoSession) -> None:
+        """Record that ``client`` now holds ``session``."""
+        if client is None:
+            return
+        with self._lock:
+            self._clients[client] = weakref.ref(session)
+            self._clients.move_to_end(client)
+            while len(self._clients) > self.remember:
+                self._clients.popitem(last=False)
+
+    def forget(self, client: str | None) -> None:
+        """``client`` removed its image itself: it is a new tab again, not an expired one."""
+        with self._lock:
+            self._clients.pop(client, None)
+
+    def session(self, client: str | None) -> DemoSession | None:
+        """``client``'s session if it is still in memory (closed or not), else ``None``."""
+        with self._lock:
+            ref = self._clients.get(client)
+        return None if ref is None else ref()
+
+    def uploaded(self, client: str | None) -> bool:
+        """Whether ``client`` has uploaded an image (and not removed it since)."""
+        with self._lock:
+            return client in self._clients
+
+    def alive(self) -> int:
+        """Sessions still holding an embedding: neither closed nor garbage collected."""
+        with self._lock:
+            sessions = [ref() for ref in self._clients.values()]
+        return sum(s is not None and s.predictor is not None for s in sessions)
+
+
 @dataclass
 class DemoBackend:
     """The shared model and its description; all per-user data lives in :class:`DemoSession`.
 
     ``model_name`` and ``weights`` are shown on the page; ``random_weights`` turns on the
-    warning banner. ``points_per_side`` sets the "everything" grid.
+    warning banner. ``points_per_side`` sets the "everything" grid. ``max_pixels`` is the
+    largest image (W x H pixels) an upload may have (see :mod:`demo.upload`).
     """
 
     model: EfficientViTSam
@@ -105,10 +159,13 @@ class DemoBackend:
     device: torch.device | None = None
     points_per_side: int = 32
     max_undo: int = 100
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1:
             raise ValueError(f"points_per_side must be positive, got {self.points_per_side}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         self.model.eval()
         # The fast path (BN folding, channels-last) is applied ONCE here and shared by every
         # session: a predictor built with the default fast=True would deep-copy and re-fold the
@@ -122,16 +179,28 @@ class DemoBackend:
                                                     device=self.inference_model.device))
 
     # -- handlers ------------------------------------------------------------------------------
+    def read_upload(self, path: str | Path, *, name: str) -> np.ndarray:
+        """The uploaded file at ``path`` as ``H x W x 3`` uint8, checked against this backend's
+        ``max_pixels`` and encoder size before decoding; ``ValueError`` with a message if not."""
+        return read_upload(path, name=name, max_pixels=self.max_pixels,
+                           encoder_size=self.inference_model.encoder_size)
+
     def new_session(self, image: np.ndarray, previous: DemoSession | None = None) -> DemoSession:
-        """Encode an uploaded ``H x W x 3`` uint8 image once; the embedding serves every click."""
+        """Encode an uploaded ``H x W x 3`` uint8 image once; the embedding serves every click.
+
+        ``previous`` (the tab's session) is closed only once the new image is encoded: an image
+        that is refused leaves the tab with its old image, still clickable.
+        """
         image = as_rgb_image(image)
-        if previous is not None:
-            previous.close()  # one embedding per tab: the old image's goes now, not at tab close
+        check_image_size(*image.shape[:2], max_pixels=self.max_pixels,
+                         encoder_size=self.inference_model.encoder_size)
         predictor = EfficientViTSamPredictor(self.inference_model, device=self.device, fast=False)
         start = time.perf_counter()
         predictor.set_image(image)
         encode_ms = (time.perf_counter() - start) * 1000
         logger.info("encoded a %dx%d image in %.1f ms", image.shape[1], image.shape[0], encode_ms)
+        if previous is not None:
+            previous.close()  # one embedding per tab: the old image's goes now, not at tab close
         return DemoSession(image=image, predictor=predictor,
                            history=PromptHistory(max_undo=self.max_undo), encode_ms=encode_ms)
 

@@ -6,14 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from demo.app import SESSION_EXPIRED
+from demo.load_server import free_port, start_server, stop_server
+from effvit_sam.errors import UserError
 from effvit_sam.masks import rle_to_mask
 from effvit_sam.visualize import (
     BACKGROUND,
@@ -29,6 +26,8 @@ from effvit_sam.visualize import (
     OUTLINE,
     distinct_colors,
 )
+
+from .demo_files import image_modes, malformed_uploads
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -43,44 +42,18 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     """The demo CLI with the tiny model and random weights; yields its printed URL."""
-    port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "demo", "--model", "efficientvit-sam-tiny", "--random-weights",
-           "--host", "127.0.0.1", "--port", str(port), "--points-per-side", "4",
-           "--max-sessions", str(MAX_SESSIONS)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    log, url, deadline = [], None, time.monotonic() + STARTUP_S
-    while url is None and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        log.append(line)
-        match = re.search(r"running at (http://\S+)", line)
-        url = match.group(1) if match else None
-    if url is None:
-        proc.kill()
-        pytest.fail("demo server did not start:\n" + "".join(log))
-    yield {"url": url, "port": port, "log": log}
-    proc.terminate()
+    port = free_port()
     try:
-        code = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert code == 0, "the demo should shut down cleanly on SIGTERM:\n" + "".join(log)
+        proc, url = start_server(model="efficientvit-sam-tiny", port=port, points_per_side=4,
+                                 max_sessions=MAX_SESSIONS, startup_s=STARTUP_S)
+    except UserError as err:
+        pytest.fail(str(err))
+    yield {"url": url, "port": port, "log": proc.log}
+    code = stop_server(proc)
+    assert code == 0, "the demo should shut down cleanly on SIGTERM:\n" + "".join(proc.log)
 
 
 def _solid(path: Path, size_wh: tuple[int, int], color: tuple[int, int, int]) -> Path:
@@ -207,13 +180,41 @@ def test_user_errors_are_messages(server):
         c.predict(500, 5, "point", False, True, api_name="/click")
 
 
+def test_malformed_uploads_are_messages_and_the_session_lives_on(server, tmp_path):
+    first = _solid(tmp_path / "first.png", (64, 48), (20, 120, 220))
+    c = _client(server)
+    c.predict(handle_file(str(first)), api_name="/upload")
+    for case, (path, message) in malformed_uploads(tmp_path).items():
+        with pytest.raises(Exception, match=message):
+            c.predict(handle_file(str(path)), api_name="/upload")
+        # The refused file left the tab as it was: its image, embedding and prompts still work.
+        overlay, _, status, *_ = c.predict(10, 10, "point", False, True, api_name="/click")
+        assert _image(overlay).shape == (48, 64, 3), case
+        assert "**decoder**" in status, case
+    second = _solid(tmp_path / "second.png", (50, 70), (200, 200, 30))
+    overlay, *_ = c.predict(handle_file(str(second)), api_name="/upload")
+    np.testing.assert_array_equal(_image(overlay), _image(str(second)))
+    with pytest.raises(Exception, match="no mask to export yet"):
+        c.predict(api_name="/export")
+
+
+def test_greyscale_rgba_16bit_and_palette_uploads_are_shown_as_rgb(server, tmp_path):
+    c = _client(server)
+    for mode, (path, expected) in image_modes(tmp_path).items():
+        overlay, *_ = c.predict(handle_file(str(path)), api_name="/upload")
+        np.testing.assert_array_equal(_image(overlay), expected, err_msg=mode)
+        overlay, _, status, *_ = c.predict(5, 5, "point", False, True, api_name="/click")
+        assert _image(overlay).shape == expected.shape and "**decoder**" in status, mode
+
+
 def test_sessions_beyond_capacity_are_dropped(server, tmp_path):
     image = _solid(tmp_path / "s.png", (32, 32), (90, 90, 90))
     clients = [_client(server) for _ in range(MAX_SESSIONS + 1)]
     for c in clients:
         c.predict(handle_file(str(image)), api_name="/upload")
-    # The least recently used session lost its image and embedding; the newest kept them.
-    with pytest.raises(Exception, match="upload an image"):
+    # The least recently used session lost its image and embedding, and is told so; the newest
+    # kept them.
+    with pytest.raises(Exception, match=re.escape(SESSION_EXPIRED)):
         clients[0].predict(5, 5, "point", False, True, api_name="/click")
     clients[-1].predict(5, 5, "point", False, True, api_name="/click")
 

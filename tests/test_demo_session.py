@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo.prompts import Box, Point
-from demo.session import DemoBackend, close_session
+from demo.prompts import Box, Point, PromptHistory
+from demo.session import DemoBackend, DemoSession, SessionTracker, close_session
 from effvit_sam import build_sam
 from effvit_sam.masks import rle_to_mask
 from effvit_sam.predictor import EfficientViTSamPredictor
@@ -223,3 +223,52 @@ def test_everything_with_the_real_generator(backend, image):
     assert session.masks.shape[1:] == (90, 120) and len(session.masks) == len(session.scores)
     areas = session.masks.sum((1, 2))
     assert (np.diff(areas) <= 0).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((1, 10000, 3), np.uint8), "the image is 10000x1 pixels: too thin"),
+    (np.zeros((120, 100, 3), np.uint8),
+     "the image is 100x120 = 12,000 pixels, more than this demo's limit of 10,000"),
+])
+def test_a_refused_image_keeps_the_previous_session(backend, image, bad, message, monkeypatch):
+    monkeypatch.setattr(backend, "max_pixels", 10_000)
+    session = backend.new_session(image[:80, :100])  # 8,000 pixels: under the limit
+    with pytest.raises(ValueError, match=message):
+        backend.new_session(bad, previous=session)
+    assert session.predictor is not None  # the tab still has its image and embedding
+    backend.click(session, 30, 20, mode="point", background=False, multimask=True)
+    assert session.masks.shape == (3, 80, 100)
+
+
+def test_read_upload_uses_the_backends_limit_and_encoder(backend, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "thin.png"
+    Image.new("RGB", (600, 1)).save(path)  # fine for a 1024 encoder, too thin for tiny's 256
+    with pytest.raises(ValueError, match=r"thin\.png is 600x1 pixels: too thin .* 256-pixel input"):
+        backend.read_upload(path, name="thin.png")
+    with pytest.raises(ValueError, match="max_pixels must be positive"):
+        DemoBackend(model=backend.model, model_name="t", weights="w", random_weights=True,
+                    max_pixels=0)
+
+
+def test_the_tracker_tells_expired_from_new_and_counts_live_sessions(image):
+    def new_session():  # no encoder needed: the tracker only looks at the predictor slot
+        return DemoSession(image=image, predictor=object(), history=PromptHistory(),
+                           encode_ms=0.0)
+
+    tracker = SessionTracker(remember=2)
+    a, b = new_session(), new_session()
+    tracker.opened("a", a)
+    tracker.opened("b", b)
+    tracker.opened(None, a)  # a request without a session hash is not tracked
+    assert tracker.uploaded("a") and not tracker.uploaded("new") and tracker.alive() == 2
+    close_session(a)  # Gradio's TTL callback
+    del b
+    gc.collect()  # Gradio's capacity eviction drops the state without a callback
+    assert tracker.alive() == 0 and tracker.uploaded("a") and tracker.uploaded("b")
+    tracker.forget("a")  # the user removed the image: a new tab again
+    assert not tracker.uploaded("a")
+    for name in "cde":
+        tracker.opened(name, new_session())
+    assert [tracker.uploaded(n) for n in "bcde"] == [False, False, True, True]  # remember=2
