@@ -41,6 +41,14 @@ RANDOM_WEIGHTS_BANNER = (
     "or put the official weights in the Hugging Face cache to get real masks.</div>"
 )
 
+BUNDLED_BANNER = (
+    '<div id="bundled-weights-banner" style="background:#1d4ed8;color:white;padding:10px 14px;'
+    'border-radius:6px;font-weight:600">&#9432; bundled model: trained on synthetic scenes by '
+    "this package, not the official EfficientViT-SAM weights. It segments simple objects; pass "
+    "--checkpoint PATH (or put the official weights in the Hugging Face cache) for real "
+    "photos.</div>"
+)
+
 HELP = (
     "**point**: click = foreground point (tick *background point* for background). "
     "**box**: click two opposite corners. **everything**: automatic masks for the whole image."
@@ -189,6 +197,7 @@ def build_app(backend: DemoBackend, *, session_ttl: float = 1800.0,
     with gr.Blocks(title="EfficientViT-SAM demo", analytics_enabled=False,
                    delete_cache=(600, int(session_ttl))) as app:
         gr.HTML(RANDOM_WEIGHTS_BANNER, visible=backend.random_weights)
+        gr.HTML(BUNDLED_BANNER, visible=backend.bundled)
         gr.Markdown(f"## EfficientViT-SAM · {backend.model_name}\n{HELP}")
         state = gr.State(None, time_to_live=session_ttl, delete_callback=close_session)
         with gr.Row():

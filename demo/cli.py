@@ -26,6 +26,8 @@ from effvit_sam.errors import UserError
 from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.weights import WeightsInfo, resolve_device, resolve_model
 
+from .upload import DEFAULT_MAX_PIXELS
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,11 +53,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="seconds an idle tab keeps its image and embedding")
     p.add_argument("--max-sessions", type=int, default=32,
                    help="sessions kept in memory at most (least recently used dropped first)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest upload in pixels (W x H); larger ones are refused with a message")
     args = p.parse_args(argv)
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     for flag, value in (("--points-per-side", args.points_per_side),
                         ("--max-sessions", args.max_sessions),
+                        ("--max-pixels", args.max_pixels),
                         ("--session-ttl", args.session_ttl)):
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = DemoBackend(model=model, model_name=weights.model, weights=weights.description,
                           random_weights=weights.is_random, device=device,
-                          points_per_side=args.points_per_side)
+                          points_per_side=args.points_per_side, max_pixels=args.max_pixels,
+                          bundled=weights.kind == "bundled")
     app = build_app(backend, session_ttl=args.session_ttl)
     app.queue()
     app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True,

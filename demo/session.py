@@ -148,8 +148,9 @@ class DemoBackend:
     """The shared model and its description; all per-user data lives in :class:`DemoSession`.
 
     ``model_name`` and ``weights`` are shown on the page; ``random_weights`` turns on the
-    warning banner. ``points_per_side`` sets the "everything" grid. ``max_pixels`` is the
-    largest image (W x H pixels) an upload may have (see :mod:`demo.upload`).
+    warning banner, ``bundled`` the banner saying the weights are the package's own model,
+    trained on synthetic scenes. ``points_per_side`` sets the "everything" grid. ``max_pixels``
+    is the largest image (W x H pixels) an upload may have (see :mod:`demo.upload`).
     """
 
     model: EfficientViTSam
@@ -160,6 +161,7 @@ class DemoBackend:
     points_per_side: int = 32
     max_undo: int = 100
     max_pixels: int = DEFAULT_MAX_PIXELS
+    bundled: bool = False
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1:

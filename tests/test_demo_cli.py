@@ -126,3 +126,19 @@ def test_latency_tool_reports_encode_click_and_ratio(capsys):
     out = capsys.readouterr().out
     assert "first encode (upload handler)" in out and "median of 2" in out
     assert "encode / click" in out
+
+
+def test_bundled_banner_shown_only_for_bundled_weights():
+    gr = pytest.importorskip("gradio")
+    from demo.app import build_app
+    from demo.session import DemoBackend
+
+    model = build_sam("efficientvit-sam-tiny")
+    for bundled in (True, False):
+        backend = DemoBackend(model=model, model_name="efficientvit-sam-tiny", weights="w",
+                              random_weights=False, device=CPU, bundled=bundled)
+        app = build_app(backend)
+        banners = [b for b in app.blocks.values()
+                   if isinstance(b, gr.HTML) and "bundled-weights-banner" in str(b.value)]
+        assert len(banners) == 1 and banners[0].visible is bundled
+        assert "trained on synthetic scenes" in banners[0].value
