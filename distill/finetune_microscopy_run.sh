@@ -12,7 +12,7 @@ R=${R:-runs/micro}
 CLI=${CLI:-effvit-sam}
 MODEL=${MODEL:-efficientvit-sam-mini-teacher}
 START=${START:?set START to the starting weights (file or save_pretrained folder)}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-150}
 mkdir -p $R/eval
 timed() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0)) s" | tee -a $R/eval/wall_times.txt; }
 EVAL=(--dataset coco --annotations $R/shards/val/instances_val.json --images $R/folder/images
@@ -28,10 +28,10 @@ if [ ! -d $R/shards ]; then
     timed make_shards $CLI make-shards --from-masks $R/folder --out $R/shards \
         --images-per-shard 20 --val-fraction 0.2
 fi
-score before "$START"
+[ -f $R/eval/before_point.json ] || score before "$START"
 timed finetune $CLI finetune --config finetune_custom --overwrite --set \
     model.name=$MODEL model.init="$START" "data.shards=$R/shards/sa_{000000..000004}.tar" \
-    data.max_masks=8 train.steps=$STEPS train.lr=1e-3 train.warmup_steps=20 \
+    data.max_masks=8 train.steps=$STEPS train.lr=1e-3 train.warmup_steps=10 \
     eval.annotations=$R/shards/val/instances_val.json eval.images=$R/folder/images \
     eval.every=50 run.save_every=50 run.log_every=10 run.out_dir=$R/finetune
 score after $R/finetune/pretrained_best/model.safetensors

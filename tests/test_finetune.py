@@ -39,8 +39,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("shards")
-    write_sa1b_shards(out, num_shards=1, images_per_shard=4, seed=0, image_size=64)
-    return f"{out}/sa_000000.tar"
+    write_sa1b_shards(out, num_shards=2, images_per_shard=2, seed=0, image_size=64)
+    return f"{out}/sa_{{000000..000001}}.tar"  # two shards: one per rank under torchrun
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +273,35 @@ def test_model_init_takes_a_registry_name(monkeypatch) -> None:
     model = build_model(ModelConfig(name="efficientvit-sam-tiny", init="tiny"))
     assert asked == ["efficientvit-sam-tiny"]
     assert _same(model.state_dict(), released.state_dict())
+
+
+@pytest.mark.slow
+def test_two_process_validation_reports_the_single_process_figures(shards, val_set,
+                                                                   tmp_path) -> None:
+    """Under torchrun each rank evaluates a slice and the main process scores the gathered
+    records: the logged figures are those of one process on the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    overrides = _overrides(shards, out, "train.steps=2", "train.freeze=[image_encoder]",
+                           *_eval_overrides(val_set, "eval.every=2"))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2", "-m", "distill", "finetune", "--config", "smoke_phase2", "--set", *overrides]
+    result = subprocess.run(args, cwd=Path(__file__).resolve().parents[1], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = {r["step"]: r for r in _rows(out)}
+    assert sorted(s for s, r in rows.items() if BOX_COLUMN in r) == [0, 2]
+    ann, images = val_set
+    for mode, key, column in (("box", "mIoU", BOX_COLUMN),
+                              ("point", "mIoU@1click", CLICK_COLUMN)):
+        report = tmp_path / f"{mode}.json"
+        assert cli_main(["eval", mode, "--dataset", "coco", "--annotations", str(ann),
+                         "--images", str(images), "--model", "efficientvit-sam-tiny",
+                         "--checkpoint", str(out / "pretrained" / "model.safetensors"),
+                         "--num-clicks", "1", "--output", str(report)]) == 0
+        assert rows[2][column] == pytest.approx(json.loads(report.read_text())["metrics"][key],
+                                                abs=1e-9)
