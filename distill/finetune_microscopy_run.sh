@@ -12,14 +12,14 @@ R=${R:-runs/micro}
 CLI=${CLI:-effvit-sam}
 MODEL=${MODEL:-efficientvit-sam-mini-teacher}
 START=${START:?set START to the starting weights (file or save_pretrained folder)}
-STEPS=${STEPS:-150}
+STEPS=${STEPS:-60}
 mkdir -p $R/eval
 timed() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0)) s" | tee -a $R/eval/wall_times.txt; }
 EVAL=(--dataset coco --annotations $R/shards/val/instances_val.json --images $R/folder/images
       --model $MODEL --device cpu)
 score() {  # box and 1/3/5-click mIoU of the weights $2, as $1
     timed "eval_box_$1" $CLI eval box "${EVAL[@]}" --checkpoint "$2" --output $R/eval/$1_box.json
-    timed "eval_point_$1" $CLI eval point "${EVAL[@]}" --checkpoint "$2" --num-clicks 5 \
+    timed "eval_point_$1" $CLI eval point "${EVAL[@]}" --checkpoint "$2" --num-clicks ${CLICKS:-5} \
         --output $R/eval/$1_point.json
 }
 if [ ! -d $R/shards ]; then
@@ -31,7 +31,8 @@ fi
 [ -f $R/eval/before_point.json ] || score before "$START"
 timed finetune $CLI finetune --config finetune_custom --overwrite --set \
     model.name=$MODEL model.init="$START" "data.shards=$R/shards/sa_{000000..000004}.tar" \
-    data.max_masks=8 train.steps=$STEPS train.lr=1e-3 train.warmup_steps=10 \
+    data.max_masks=8 train.steps=$STEPS train.lr=1e-3 train.warmup_steps=5 \
+    train.focal_weight=1.0 train.dice_weight=1.0 prompts.iterative_rounds=0 \
     eval.annotations=$R/shards/val/instances_val.json eval.images=$R/folder/images \
-    eval.every=50 run.save_every=50 run.log_every=10 run.out_dir=$R/finetune
+    eval.every=20 eval.at_start=false run.save_every=20 run.log_every=10 run.out_dir=$R/finetune
 score after $R/finetune/pretrained_best/model.safetensors
