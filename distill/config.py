@@ -1,10 +1,10 @@
 """Typed run configs for both phases, loaded from YAML recipes with ``--set`` overrides.
 
 A recipe is a YAML mapping of sections (``model``, ``teacher``, ``data``, ``train``, ``prompts``,
-``run``) onto the dataclasses below. Unknown keys, values of the wrong type, unknown recipes and
-malformed YAML raise :class:`ConfigError` (a :class:`~effvit_sam.errors.UserError`: a CLI exits
-with code 2 and one line) naming the key and the file or ``--set`` override it came from, so a
-typo never silently trains with a default.
+``eval``, ``run``) onto the dataclasses below. Unknown keys, values of the wrong type, unknown
+recipes and malformed YAML raise :class:`ConfigError` (a :class:`~effvit_sam.errors.UserError`:
+a CLI exits with code 2 and one line) naming the key and the file or ``--set`` override it came
+from, so a typo never silently trains with a default.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ EMBED_LOSSES = ("mse", "l1", "huber", "cosine")
 MASK_LOSSES = ("focal", "bce")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 TEACHER_KINDS = ("sam", "efficientvit")
+MODEL_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+"""The parts of a model that ``train.freeze`` and ``train.part_lr`` name."""
+BEST_METRICS = ("box", "click", "mean")
+EVAL_DATASETS = ("coco", "lvis")
 
 
 class ConfigError(UserError):
@@ -35,9 +39,10 @@ class ConfigError(UserError):
 
 @dataclass
 class ModelConfig:
-    """The student. ``init``: weights to start from (a ``save_pretrained`` dir or a checkpoint
-    file); ``decoder_from``: copy only ``prompt_encoder.*``/``mask_decoder.*`` from this file or
-    dir (e.g. SAM ViT-H's, as the EfficientViT-SAM recipe does for phase 2)."""
+    """The student. ``init``: weights to start from (a ``save_pretrained`` dir, a weights or
+    checkpoint file, or a registry name such as ``efficientvit-sam-l0``, resolved with
+    :func:`effvit_sam.build.from_pretrained`); ``decoder_from``: copy only ``prompt_encoder.*``
+    and ``mask_decoder.*`` from this file or dir (SAM ViT-H's in the EfficientViT-SAM recipe)."""
 
     name: str = "efficientvit-sam-tiny"
     init: str | None = None
@@ -93,6 +98,12 @@ class TrainConfig:
     max_nonfinite_steps: int = 5
     """Stop the run (exit code 2) after this many consecutive steps whose loss or gradient norm
     was NaN/inf; each such step is skipped (no weight update) and counted in ``metrics.csv``."""
+    freeze: list[str] = field(default_factory=list)
+    """Phase 2: parts (of :data:`MODEL_PARTS`) kept fixed: ``requires_grad=False``, not in the
+    optimizer, in eval mode (their BatchNorm statistics do not move)."""
+    part_lr: dict[str, float] = field(default_factory=dict)
+    """Phase 2: learning-rate multipliers of ``train.lr`` per part, e.g. ``{image_encoder: 0.1}``
+    (parts not named get 1.0)."""
 
 
 @dataclass
@@ -110,6 +121,27 @@ class PromptConfig:
     outputs and train the best, as the zero-shot evaluator decodes them; off: SAM's rule (only
     a single click is ambiguous). For decoders trained from scratch, whose multimask outputs
     would otherwise only ever see single clicks."""
+
+
+@dataclass
+class EvalConfig:
+    """Validation on a held-out COCO-format file (``make-shards --val-fraction`` writes one):
+    box and 1-click mIoU with ``effvit-sam eval``'s protocol; off while ``annotations`` is unset.
+
+    Every ``every`` steps, at the last step (and at step 0 with ``at_start``), on the first
+    ``limit`` images; the best ``best_metric`` (box, 1-click or their mean) keeps its weights in
+    ``pretrained_best/``; ``early_stop_patience`` P stops the run (exit 0) after P evaluations
+    without improvement."""
+
+    annotations: str | None = None
+    images: str | None = None
+    dataset: str = "coco"
+    every: int = 100
+    limit: int | None = None
+    at_start: bool = True
+    best_metric: str = "mean"
+    early_stop_patience: int | None = None
+    max_prompts: int = 64
 
 
 @dataclass
@@ -133,6 +165,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
@@ -158,12 +191,37 @@ class Config:
             (self.run.save_every > 0 and self.run.log_every > 0,
              "run.save_every and run.log_every must be positive"),
         ]
-        for ok, message in checks:
+        for ok, message in checks + self._finetune_checks():
             if not ok:
                 raise ConfigError(message)
         if not self.data.shards and not self.data.cache:
             raise ConfigError("data.shards (or data.cache, phase 1) must name the training shards")
         return self
+
+    def _finetune_checks(self) -> list[tuple[bool, str]]:
+        train, ev = self.train, self.eval
+        unknown = sorted({*train.freeze, *train.part_lr} - set(MODEL_PARTS))
+        both = sorted({*train.freeze} & {*train.part_lr})
+        return [
+            (not unknown, f"train.freeze / train.part_lr: unknown parts {unknown}; valid: "
+                          f"{list(MODEL_PARTS)}"),
+            (self.phase == 2 or not (train.freeze or train.part_lr),
+             "train.freeze and train.part_lr are phase-2 settings (phase 1 trains only the "
+             "image encoder)"),
+            (set(MODEL_PARTS) - set(train.freeze), "train.freeze lists every part: no training"),
+            (not both, f"train.part_lr sets rates of frozen parts {both}"),
+            (all(v > 0 for v in train.part_lr.values()),
+             "train.part_lr multipliers must be > 0 (freeze a part with train.freeze)"),
+            (ev.dataset in EVAL_DATASETS, f"eval.dataset must be one of {EVAL_DATASETS}"),
+            (ev.best_metric in BEST_METRICS, f"eval.best_metric must be one of {BEST_METRICS}"),
+            (all(v is None or v > 0 for v in (ev.every, ev.max_prompts, ev.limit,
+                                               ev.early_stop_patience)),
+             "eval.every, max_prompts, limit and early_stop_patience must be positive (or null)"),
+            ((ev.annotations is None) == (ev.images is None),
+             "eval.annotations and eval.images are set together (validation on), or neither"),
+            (self.phase == 2 or ev.annotations is None,
+             "the eval section (validation during training) is for phase 2"),
+        ]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -185,6 +243,17 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, item = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {_check_type(k, key_type, f"{key} key"): _check_type(v, item, f"{key}.{k}")
+                for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(annotation)
         if not isinstance(value, list | tuple) or len(value) != len(args):

@@ -1,6 +1,7 @@
 """The training loop both phases share: accelerate, AdamW + warm-up/cosine, accumulation,
 clipping, non-finite step skipping, atomic checkpoints with every RNG state, exact resume,
-CSV/TensorBoard logs.
+CSV/TensorBoard logs, frozen parts and per-part learning rates (:mod:`distill.parts`), validation
+with the best weights kept and early stopping (:mod:`distill.validate`).
 
 A phase hands :func:`train` a :class:`Task`: the model to save, the module to optimise (whose
 ``forward(batch, generator)`` returns ``(loss, parts)``) and a loader factory. Data is not
@@ -34,16 +35,19 @@ from effvit_sam.modeling import EfficientViTSam
 
 from .config import Config, dump_config
 from .metrics import MetricsLog
+from .parts import build_optimizer, freeze_parts, set_train_mode
 from .rng import from_plain, rng_state, set_rng_state
 from .run_dir import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     LOSS_PLOT_NAME,
     METRICS_NAME,
+    PRETRAINED_BEST_DIR,
     PRETRAINED_DIR,
     prepare_out_dir,
 )
 from .train_checkpoint import nonfinite_state, read_checkpoint, save_checkpoint
+from .validate import Validator
 
 log = logging.getLogger(__name__)
 PROMPT_SEED_OFFSET = 1_000_003  # keeps the prompt stream apart from the init/data seeds
@@ -83,16 +87,6 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(module: nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW; norms, biases and embeddings (params of < 2 dims) get no weight decay."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.train.betas)
-
-
 def batch_stream(make_loader: Callable[[int], Iterable[dict]], *, skip: int) -> Iterator[dict]:
     """Endless batches, epoch after epoch (loader ``epoch`` 0, 1, ...), the first ``skip``
     dropped (replay for resume)."""
@@ -108,8 +102,6 @@ def batch_stream(make_loader: Callable[[int], Iterable[dict]], *, skip: int) -> 
             raise UserError("the training data yielded no batch: check data.shards (and "
                             "data.batch_size, which drops a last partial batch)")
         epoch += 1
-
-
 
 
 def _on_main(accelerator, action: Callable[[], None]) -> None:
@@ -176,7 +168,13 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
     (a training checkpoint to continue) or ``overwrite`` (start again) is given. Writes
     ``config.yaml``, ``metrics.csv`` (a row per step: ``lr``, ``loss`` and its parts,
     ``grad_norm``, ``skipped``), ``checkpoint.pt`` (every ``run.save_every`` steps and at the
-    end), ``loss.png`` and a ``save_pretrained`` folder of the model.
+    end), ``loss.png`` and a ``save_pretrained`` folder of the model. With ``train.freeze`` the
+    named parts stay fixed (no gradient, not in the optimizer, eval mode); ``train.part_lr``
+    scales a part's learning rate. With ``eval.annotations`` the model is validated
+    (:class:`~distill.validate.Validator`): the figures go into the evaluated steps' rows, the
+    best weights into ``pretrained_best/``, the best so far into the checkpoint, and after
+    ``eval.early_stop_patience`` evaluations without a new best the run checkpoints, saves
+    ``pretrained/`` and stops (a normal end).
 
     A step whose loss or gradient norm is NaN/inf on any rank is skipped on every rank: no
     weight, optimizer or buffer (BatchNorm statistics) update, but it consumes its batch and
@@ -195,11 +193,16 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
     main = accelerator.is_main_process
     # checked before any model is built: every rank needs its own RNG state from the file
     ckpt = read_checkpoint(resume, world_size=world) if resume is not None else None
+    # the held-out set is read before anything is built: a wrong path fails at once
+    validator = Validator(cfg.eval, total_steps=cfg.train.steps) if cfg.eval.annotations \
+        else None
     _on_main(accelerator, lambda: prepare_out_dir(out_dir, resume=ckpt is not None,
                                                   overwrite=overwrite))
     task = task_factory(cfg, accelerator)
+    frozen = cfg.train.freeze
+    freeze_parts(task.model, frozen)
     generator = torch.Generator().manual_seed(cfg.train.seed * PROMPT_SEED_OFFSET + rank)
-    optimizer = build_optimizer(task.step_module, cfg)
+    optimizer = build_optimizer(task.step_module, task.model, cfg.train)
     schedule = dict(warmup=cfg.train.warmup_steps, total=cfg.train.steps,
                     min_ratio=cfg.train.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -218,6 +221,8 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
         if ckpt["scaler"] is not None and scaler is not None:
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(from_plain(ckpt["rng"][rank]), generator)
+        if validator is not None and ckpt.get("validation"):
+            validator.best.load_state_dict(ckpt["validation"])
         step = saved_step = int(ckpt["step"])
         log.info("resumed from %s at step %d", resume, step)
 
@@ -247,9 +252,25 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
                              f"{PRETRAINED_DIR}/ is saved. Lower train.lr (or check the data) "
                              "and start again with --overwrite")
 
-    step_module.train()
+    def validate() -> None:
+        """Validate the weights after ``step`` into its row; keep them if they are the best."""
+        values, improved = validator.validate(task.model, accelerator, step=step)
+        if pending and pending[-1]["step"] == step:
+            pending[-1].update(values)
+        else:
+            pending.append({"step": step, **values})  # step 0: before any training
+        if improved and main:
+            # each file is replaced atomically and config.json never changes: the folder always
+            # holds one complete model
+            save_pretrained(task.model, out_dir / PRETRAINED_BEST_DIR)
+        set_train_mode(step_module, task.model, frozen)  # the predictor set eval mode
+
+    if validator is not None and step == 0 and validator.due(0):
+        validate()
+    set_train_mode(step_module, task.model, frozen)
+    stopping = validator is not None and validator.should_stop()  # resumed after an early stop
     try:  # a stopped run closes its progress bar, so its error starts on a line of its own
-        while step < cfg.train.steps:
+        while step < cfg.train.steps and not stopping:
             totals: dict[str, torch.Tensor] = {}
             # a forward in train mode updates BatchNorm statistics: a skipped step restores them
             saved_buffers = [b.detach().clone() for b in buffers]
@@ -290,17 +311,24 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
                                                             ("gradient norm", norm_bad)) if hit)
                 log.warning("step %d: non-finite %s, step skipped (no update); %d in a row",
                             step, what, streak)
-            pending.append({"step": step, "lr": scheduler.get_last_lr()[0], **totals,
+            # the schedule's lr of train.lr (groups with a train.part_lr multiplier differ)
+            lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
+            pending.append({"step": step, "lr": lr, **totals,
                             "grad_norm": norm.detach().float(),
                             "skipped": float(loss_bad or norm_bad)})
             if streak >= cfg.train.max_nonfinite_steps:
                 raise diverged(f"steps {step - streak + 1}..{step} ({streak} in a row, "
                                f"train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}) had a "
                                "non-finite loss or gradient norm and were skipped")
-            if step % cfg.run.log_every == 0 or step == cfg.train.steps:
+            if validator is not None and validator.due(step):
+                validate()
+                stopping = validator.should_stop()
+            if step % cfg.run.log_every == 0 or step == cfg.train.steps or stopping:
                 write_rows()
             # no checkpoint of a skipped step (the last good one stays), except the last step's
-            if (step % cfg.run.save_every == 0 and not streak) or step == cfg.train.steps:
+            # (or an early stop's)
+            if (step % cfg.run.save_every == 0 and not streak) or step == cfg.train.steps \
+                    or stopping:
                 write_rows()  # metrics.csv holds every row the checkpoint covers
                 bad_key = nonfinite_state(task.model, optimizer)  # the same on every rank (DDP)
                 if bad_key is not None:
@@ -313,11 +341,17 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
                 if main:
                     save_checkpoint(out_dir / CHECKPOINT_NAME, model=task.model,
                                     optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                    step=step, cfg=cfg, rng_states=states)
+                                    step=step, cfg=cfg, rng_states=states,
+                                    validation=validator.best.state_dict() if validator else None)
                 saved_step = step
                 accelerator.wait_for_everyone()
     finally:
         bar.close()
+    if stopping:
+        best = validator.best
+        log.info("early stop at step %d/%d: %d evaluations without a better %s mIoU than %.2f "
+                 "(step %d, in %s/)", step, cfg.train.steps, best.bad_evals,
+                 cfg.eval.best_metric, best.best, best.best_step, PRETRAINED_BEST_DIR)
     if skipped:
         log.warning("%d non-finite steps were skipped (see the 'skipped' column of %s)",
                     skipped, METRICS_NAME)

@@ -1,10 +1,12 @@
 """The model of a run, built once for both phases: ``model.name``, ``model.init`` and
 ``model.decoder_from``.
 
-``model.init`` and ``model.decoder_from`` each take a ``save_pretrained`` folder, a weights
-file (``.safetensors``/``.pt``, official ones included) or a training ``checkpoint.pt``. Loading
-is strict (every key, every shape) and refuses NaN/inf weights, so a run never starts from
-weights it did not ask for.
+``model.init`` and ``model.decoder_from`` each take a ``save_pretrained`` folder (a previous
+run's ``pretrained/`` or ``pretrained_best/``), a weights file (``.safetensors``/``.pt``,
+official ones included) or a training ``checkpoint.pt``; ``model.init`` also takes a registry
+name (``efficientvit-sam-l0``), resolved with :func:`effvit_sam.build.from_pretrained` (the
+official weights, from the Hugging Face cache or the hub). Loading is strict (every key, every
+shape) and refuses NaN/inf weights, so a run never starts from weights it did not ask for.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from effvit_sam import build_sam
+from effvit_sam.build import from_pretrained
 from effvit_sam.checkpoint import WEIGHTS_NAME, CheckpointError, load_checkpoint, read_state_dict
+from effvit_sam.configs import resolve_name
 from effvit_sam.modeling import EfficientViTSam
 
 from .config import ModelConfig
@@ -30,9 +34,34 @@ def weights_file(path: str | Path, *, what: str) -> Path:
     return file
 
 
+def registry_name(spec: str | Path) -> str | None:
+    """The registry name ``spec`` spells, unless a file or folder of that name exists."""
+    if Path(spec).expanduser().exists():
+        return None
+    try:
+        return resolve_name(str(spec))
+    except KeyError:
+        return None
+
+
 def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.init") -> None:
-    """Load all of ``model``'s weights from ``path`` (strictly; errors name the file)."""
-    load_checkpoint(model, weights_file(path, what=what))
+    """Load all of ``model``'s weights from ``path`` (strictly; errors name the file), or from
+    the released weights of the registry name ``path`` (which must be ``model``'s variant)."""
+    name = registry_name(path) if what == "model.init" else None
+    if name is None:
+        load_checkpoint(model, weights_file(path, what=what))
+        return
+    if name != model.config.name:
+        raise CheckpointError(f"{what} {path} names the weights of {name}, but model.name is "
+                              f"{model.config.name}: set model.name={name}")
+    try:
+        source = from_pretrained(name)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise CheckpointError(f"{what} {path}: {err}") from None
+    try:
+        load_checkpoint(model, source.state_dict())
+    except CheckpointError as err:
+        raise CheckpointError(f"{what} {path}: {err}") from None
 
 
 def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:

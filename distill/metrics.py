@@ -64,8 +64,8 @@ class MetricsLog:
                 old = list(csv.DictReader(f))
             self.fields += list(dict.fromkeys(new))
             self._rewrite(old)
-        elif new:
-            self.fields = list(dict.fromkeys(new))
+        elif new:  # validation columns (only on evaluated steps) after the per-step ones
+            self.fields = sorted(dict.fromkeys(new), key=lambda k: k.startswith("val_"))
         header = not self.path.is_file()
         with self.path.open("a", newline="") as f:
             f.write(_csv_text(self.fields, rows, header=header))

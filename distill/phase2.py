@@ -11,6 +11,7 @@ prediction is added and that prediction's low-res logits are fed back as ``mask_
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -76,7 +77,10 @@ class FinetuneStep(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = self.sam.device
-        embeddings = self.sam.encode(batch["image"].to(device))
+        # a frozen encoder (train.freeze) needs no graph: decoder-only steps skip its backward
+        frozen = not any(p.requires_grad for p in self.sam.image_encoder.parameters())
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            embeddings = self.sam.encode(batch["image"].to(device))
         losses, parts_all = [], []
         for i in range(len(embeddings)):
             masks = batch["masks"][i].to(device)
@@ -88,7 +92,7 @@ class FinetuneStep(nn.Module):
             losses.append(loss)
             parts_all.append(parts)
         if not losses:  # keep the graph connected so DDP's all-reduce still runs
-            return embeddings.sum() * 0.0, {}
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0, {}
         keys = parts_all[0].keys()
         parts = {k: torch.stack([p[k] for p in parts_all if k in p]).mean() for k in keys}
         return torch.stack(losses).mean(), parts

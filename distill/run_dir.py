@@ -23,10 +23,11 @@ CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.csv"
 LOSS_PLOT_NAME = "loss.png"
 PRETRAINED_DIR = "pretrained"
+PRETRAINED_BEST_DIR = "pretrained_best"
 TENSORBOARD_DIR = "tensorboard"
 KEYS_GLOB = "keys-rank*.txt"
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, LOSS_PLOT_NAME, PRETRAINED_DIR,
-             TENSORBOARD_DIR)
+             PRETRAINED_BEST_DIR, TENSORBOARD_DIR)
 """Everything a run writes into ``run.out_dir``, besides ``keys-rank*.txt`` (``run.log_keys``)."""
 
 
@@ -37,7 +38,7 @@ class OutDirError(UserError):
 def stale_temp_files(out_dir: Path) -> list[Path]:
     """``atomic_write`` leftovers (``.NAME.RANDOM.tmp``) in ``out_dir`` and its ``pretrained/``."""
     found = []
-    for folder in (out_dir, out_dir / PRETRAINED_DIR):
+    for folder in (out_dir, out_dir / PRETRAINED_DIR, out_dir / PRETRAINED_BEST_DIR):
         if folder.is_dir():
             found += [p for p in folder.glob(f".*.*{TEMP_SUFFIX}")
                       if p.is_file() and p.name.count(".") >= 3]

@@ -2,9 +2,10 @@
 process, read back with ``weights_only=True`` for ``--resume``.
 
 It holds the model, optimizer, scheduler and grad-scaler states, the step, the run's config,
-the model's own config (so it rebuilds alone) and every rank's RNG states. A file that is not
-such a checkpoint, that a different number of processes wrote, or whose weights hold NaN/inf is
-refused with an error naming it; pickled Python objects are never loaded.
+the model's own config (so it rebuilds alone), every rank's RNG states and (``validation``,
+when the run validates) the best score so far. A file that is not such a checkpoint, that a
+different number of processes wrote, or whose weights hold NaN/inf is refused with an error
+naming it; pickled Python objects are never loaded.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "config", 
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer, scheduler, scaler,
-                    step: int, cfg: Config, rng_states: list[dict]) -> None:
+                    step: int, cfg: Config, rng_states: list[dict],
+                    validation: dict | None = None) -> None:
     """Write the checkpoint of ``step`` to ``path`` atomically (a kill never leaves half)."""
     config = getattr(model, "config", None)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -32,7 +34,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer, scheduler,
              "scaler": scaler.state_dict() if scaler is not None else None,
              "step": step, "config": to_plain(cfg.to_dict()),
              "model_config": config.to_dict() if config is not None else None,
-             "rng": to_plain(rng_states)}
+             "rng": to_plain(rng_states), "validation": validation}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
