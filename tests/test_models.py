@@ -34,8 +34,8 @@ def test_mini_variant_shape() -> None:
     assert (cfg.decoder_depth, cfg.decoder_heads, cfg.hub_file) == (2, 4, None)
     with torch.device("meta"):
         model = build_sam("mini")
-    assert sum(p.numel() for p in model.parameters()) == 658_480
-    assert sum(p.numel() for p in model.image_encoder.parameters()) == 465_384
+    assert sum(p.numel() for p in model.parameters()) == 657_456
+    assert sum(p.numel() for p in model.image_encoder.parameters()) == 464_360
     assert resolve_name("l0") == resolve_name("EfficientViT_SAM_L0") == "efficientvit-sam-l0"
     with pytest.raises(KeyError, match="valid names: efficientvit-sam-l0"):
         build_sam("efficientvit-sam-l9")
@@ -94,7 +94,8 @@ def _train_step_loss(model, batch: int = 1) -> torch.Tensor:
     return low1.mean() + low2.mean() + iou1.mean() + iou2.mean() + emb.mean()
 
 
-@pytest.mark.parametrize("variant", [*OFFICIAL, "efficientvit-sam-tiny", "efficientvit-sam-mini"])
+@pytest.mark.parametrize("variant", [*OFFICIAL, "efficientvit-sam-tiny", "efficientvit-sam-mini",
+                                     "efficientvit-sam-mini-teacher"])
 def test_forward_backward_every_parameter_gets_gradient(variant: str) -> None:
     torch.manual_seed(0)
     model = build_sam(variant).train()
