@@ -24,7 +24,8 @@ def _train_parser(prog: str, what: str) -> argparse.ArgumentParser:
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="override config values, e.g. train.lr=1e-4 data.max_masks=8")
     parser.add_argument("--resume", default=None, metavar="CHECKPOINT|auto",
-                        help="continue a run from its checkpoint.pt ('auto': run.out_dir's)")
+                        help="continue a run from its checkpoint.pt ('auto': run.out_dir's "
+                        "if it exists, else start fresh)")
     return parser
 
 
@@ -32,6 +33,9 @@ def _resume_path(resume: str | None, out_dir: str) -> str | None:
     if resume is None:
         return None
     path = Path(out_dir) / "checkpoint.pt" if resume == "auto" else Path(resume)
+    if resume == "auto" and not path.is_file():
+        log.info("no %s yet: starting a fresh run", path)
+        return None
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {path}")
     return str(path)

@@ -97,6 +97,14 @@ class PromptConfig:
     outputs and train the best, as the zero-shot evaluator decodes them; off: SAM's rule (only
     a single click is ambiguous). For decoders trained from scratch, whose multimask outputs
     would otherwise only ever see single clicks."""
+    negative_prob: float = 0.0
+    """With several clicks, the chance that the later ones are negatives (label 0) placed near
+    the object, in its box grown by half but outside its mask, as a user's corrective clicks
+    are: teaches the background label without the cost of a correction round."""
+    feed_prob: float = 1.0
+    """The chance that a correction round gets the previous logits as ``mask_input`` (SAM's
+    rule: always); else the round decodes the clicks alone, as ``effvit-sam eval point`` does
+    by default."""
 
 
 @dataclass
@@ -141,6 +149,8 @@ class Config:
             (0.0 <= self.prompts.box_prob <= 1.0, "prompts.box_prob must be in [0, 1]"),
             (self.prompts.max_points >= 1, "prompts.max_points must be at least 1"),
             (self.prompts.iterative_rounds >= 0, "prompts.iterative_rounds must be >= 0"),
+            (0 <= self.prompts.negative_prob <= 1, "prompts.negative_prob must be in [0, 1]"),
+            (0 <= self.prompts.feed_prob <= 1, "prompts.feed_prob must be in [0, 1]"),
             (self.run.save_every > 0 and self.run.log_every > 0,
              "run.save_every and run.log_every must be positive"),
         ]
