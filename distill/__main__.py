@@ -1,4 +1,5 @@
-"""``python -m distill distill|finetune|cache-teacher|embed-mse ...`` (also run by torchrun -m)."""
+"""``python -m distill distill|finetune|cache-teacher|embed-mse|export-pretrained ...`` (also
+run by torchrun -m)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import logging
 import sys
 
 from .cli import cache_teacher_main, distill_main, embed_mse_main, finetune_main
+from .export import export_main
 
 COMMANDS = {"distill": distill_main, "finetune": finetune_main,
-            "cache-teacher": cache_teacher_main, "embed-mse": embed_mse_main}
+            "cache-teacher": cache_teacher_main, "embed-mse": embed_mse_main,
+            "export-pretrained": export_main}
 
 
 def main(argv: list[str] | None = None) -> int:
