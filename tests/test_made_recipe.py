@@ -56,3 +56,19 @@ def test_teacher_encoder_has_at_least_4x_the_student_macs() -> None:
             model.encode(torch.zeros(1, 3, 256, 256))
         macs[name] = counter.get_total_flops() / 2
     assert macs["efficientvit-sam-mini-teacher"] >= 4 * macs["efficientvit-sam-mini"]
+
+
+def test_export_pretrained_writes_a_loadable_folder(tmp_path) -> None:
+    from distill.export import export_main
+    from effvit_sam import build_sam
+    from effvit_sam.checkpoint import from_pretrained
+
+    torch.manual_seed(0)
+    model = build_sam("efficientvit-sam-tiny")
+    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "step": 7},
+               tmp_path / "checkpoint.pt")
+    assert export_main(["--checkpoint", str(tmp_path / "checkpoint.pt"),
+                        "--out", str(tmp_path / "out")]) == 0
+    loaded = from_pretrained(tmp_path / "out")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
