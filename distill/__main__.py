@@ -17,10 +17,12 @@ from .cli import (
     make_eval_set_main,
     make_shards_main,
 )
+from .export import export_main
 
 COMMANDS = {"distill": distill_main, "finetune": finetune_main,
             "cache-teacher": cache_teacher_main, "embed-mse": embed_mse_main,
-            "make-shards": make_shards_main, "make-eval-set": make_eval_set_main}
+            "make-shards": make_shards_main, "make-eval-set": make_eval_set_main,
+            "export-pretrained": export_main}
 
 
 def main(argv: list[str] | None = None) -> int:

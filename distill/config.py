@@ -9,17 +9,13 @@ from, so a typo never silently trains with a default.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from effvit_sam.errors import UserError
-
+from .config_types import ConfigError, build_dataclass
 from .losses import DICE_WEIGHT, FOCAL_WEIGHT
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -33,8 +29,6 @@ BEST_METRICS = ("box", "click", "mean")
 EVAL_DATASETS = ("coco", "lvis")
 
 
-class ConfigError(UserError):
-    """A recipe or ``--set`` override that does not describe a valid run."""
 
 
 @dataclass
@@ -121,6 +115,14 @@ class PromptConfig:
     outputs and train the best, as the zero-shot evaluator decodes them; off: SAM's rule (only
     a single click is ambiguous). For decoders trained from scratch, whose multimask outputs
     would otherwise only ever see single clicks."""
+    negative_prob: float = 0.0
+    """With several clicks, the chance that the later ones are negatives (label 0) placed near
+    the object, in its box grown by half but outside its mask, as a user's corrective clicks
+    are: teaches the background label without the cost of a correction round."""
+    feed_prob: float = 1.0
+    """The chance that a correction round gets the previous logits as ``mask_input`` (SAM's
+    rule: always); else the round decodes the clicks alone, as ``effvit-sam eval point`` does
+    by default."""
 
 
 @dataclass
@@ -188,6 +190,8 @@ class Config:
             (0.0 <= self.prompts.box_prob <= 1.0, "prompts.box_prob must be in [0, 1]"),
             (self.prompts.max_points >= 1, "prompts.max_points must be at least 1"),
             (self.prompts.iterative_rounds >= 0, "prompts.iterative_rounds must be >= 0"),
+            (0 <= self.prompts.negative_prob <= 1, "prompts.negative_prob must be in [0, 1]"),
+            (0 <= self.prompts.feed_prob <= 1, "prompts.feed_prob must be in [0, 1]"),
             (self.run.save_every > 0 and self.run.log_every > 0,
              "run.save_every and run.log_every must be positive"),
         ]
@@ -227,77 +231,8 @@ class Config:
         return asdict(self)
 
 
-def _check_type(value: Any, annotation: Any, key: str) -> Any:
-    """``value`` converted to ``annotation`` (ints pass as floats, lists as tuples) or raise."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_type, item = typing.get_args(annotation)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return {_check_type(k, key_type, f"{key} key"): _check_type(v, item, f"{key}.{k}")
-                for k, v in value.items()}
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_check_type(v, a, key) for v, a in zip(value, args, strict=True))
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is float and isinstance(value, str):
-        # YAML 1.1 reads "1e-4" (no dot) as a string; it is plainly a number
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
-    if annotation is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true/false, got {value!r}")
-    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if not isinstance(value, annotation):
-        raise ConfigError(f"{key} must be {annotation.__name__}, got {type(value).__name__} "
-                         f"{value!r}")
-    return value
-
-
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        where = prefix.rstrip(".") or "the top level"
-        raise ConfigError(f"unknown config keys {unknown} in {where}; valid: {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_type(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
 def config_from_dict(data: dict) -> Config:
-    return _build(Config, data, "").validate()
+    return build_dataclass(Config, data, "").validate()
 
 
 def _yaml_error(err: yaml.YAMLError) -> str:
@@ -372,13 +307,13 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config
     path = resolve_recipe(name_or_path)
     data = read_recipe(path)
     try:
-        _build(Config, data, "")
+        build_dataclass(Config, data, "")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     overrides = list(overrides or [])
     for i, text in enumerate(overrides):
         try:
-            _build(Config, apply_overrides(data, overrides[: i + 1]), "")
+            build_dataclass(Config, apply_overrides(data, overrides[: i + 1]), "")
         except ConfigError as err:
             raise ConfigError(f"--set {text}: {err}") from None
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fused_loss import focal_dice
+
 FOCAL_WEIGHT = 20.0
 """SAM paper: focal and dice are combined 20:1."""
 DICE_WEIGHT = 1.0
@@ -87,9 +89,12 @@ def sam_mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Te
     multimask head can keep its ambiguity; the IoU head learns every output's actual IoU.
     Returns ``(total, parts, best)`` with ``best`` the ``K`` indices of the chosen outputs.
     """
-    target = target[:, None].expand_as(logits)
-    pixel = focal_loss(logits, target) if kind == "focal" else bce_loss(logits, target)
-    dice = dice_loss(logits, target)
+    if kind == "focal":  # the same values as focal_loss / dice_loss, several times faster
+        pixel, dice = focal_dice(logits, target, FOCAL_ALPHA)
+        target = target[:, None].expand_as(logits)
+    else:
+        target = target[:, None].expand_as(logits)
+        pixel, dice = bce_loss(logits, target), dice_loss(logits, target)
     per_output = focal_weight * pixel + dice_weight * dice  # K x M
     best = per_output.detach().argmin(1)
     rows = torch.arange(len(best), device=best.device)

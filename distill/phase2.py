@@ -25,7 +25,7 @@ from .config import Config, PromptConfig
 from .engine import Task
 from .init import build_model
 from .losses import DICE_WEIGHT, FOCAL_WEIGHT, sam_mask_loss
-from .prompts import correction_clicks, jitter_boxes, sample_points
+from .prompts import correction_clicks, jitter_boxes, near_negatives, sample_points
 
 
 class FinetuneStep(nn.Module):
@@ -51,7 +51,14 @@ class FinetuneStep(nn.Module):
                                generator=generator, input_size=tuple(input_size))
             return None, box, cfg.multimask_all
         num = int(torch.randint(1, cfg.max_points + 1, (), generator=generator))
-        return sample_points(masks, num, generator), None, num == 1 or cfg.multimask_all
+        points = sample_points(masks, num, generator)
+        if num > 1 and cfg.negative_prob > 0 and float(
+                torch.rand((), generator=generator)) < cfg.negative_prob:
+            # the first click stays positive; the others become negatives near the object
+            neg = near_negatives(masks, boxes, num - 1, generator)
+            points = (torch.cat([points[0][:, :1], neg], 1),
+                      torch.cat([points[1][:, :1], torch.zeros_like(points[1][:, 1:])], 1))
+        return points, None, num == 1 or cfg.multimask_all
 
     def _image_loss(self, embedding: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                     input_size, generator: torch.Generator):
@@ -65,8 +72,10 @@ class FinetuneStep(nn.Module):
             click, label = correction_clicks(previous, masks, generator)
             points = (click, label) if points is None else (
                 torch.cat([points[0], click], 1), torch.cat([points[1], label], 1))
+            feed = self.prompts.feed_prob >= 1 or float(
+                torch.rand((), generator=generator)) < self.prompts.feed_prob
             logits, iou = self.sam.decode(embedding, points=points, boxes=box,
-                                          mask_input=previous[:, None],
+                                          mask_input=previous[:, None] if feed else None,
                                           multimask_output=self.prompts.multimask_all)
             round_loss, round_parts, best = sam_mask_loss(logits, iou, masks, **self.weights)
             rounds.append(round_loss)

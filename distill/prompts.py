@@ -48,6 +48,24 @@ def sample_points(masks: torch.Tensor, num: int, generator: torch.Generator
     return coords, torch.ones(flat.shape, dtype=torch.int64, device=masks.device)
 
 
+def near_negatives(masks: torch.Tensor, boxes: torch.Tensor, num: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """``num`` negative clicks per mask, uniformly in its prompt-frame XYXY box grown by half
+    its size on each side, outside the mask (where a user's corrective negative clicks land).
+    Returns ``K x num x 2`` prompt-frame points (a mask filling its grown box gets its centre
+    pixel, see :func:`sample_in_regions`)."""
+    k, height, width = masks.shape
+    low = (boxes / LOW_RES_STRIDE).to(masks.device)
+    grow = torch.stack([low[:, 2] - low[:, 0], low[:, 3] - low[:, 1]] * 2, 1) * 0.5
+    grown = low + grow * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=masks.device)
+    rows = torch.arange(height, device=masks.device)[None, :, None] + 0.5
+    cols = torch.arange(width, device=masks.device)[None, None, :] + 0.5
+    inside = ((cols >= grown[:, 0, None, None]) & (cols <= grown[:, 2, None, None])
+              & (rows >= grown[:, 1, None, None]) & (rows <= grown[:, 3, None, None]))
+    flat = sample_in_regions(inside & ~masks.bool(), num, generator)
+    return pixels_to_points(flat, width)
+
+
 def jitter_boxes(boxes: torch.Tensor, *, scale: float, max_px: float,
                  generator: torch.Generator, input_size: tuple[int, int]) -> torch.Tensor:
     """Add SAM-style noise to ``K x 4`` XYXY prompt-frame boxes.

@@ -105,6 +105,9 @@ def _xl(depths: tuple[int, ...], neck_depth: int) -> EncoderConfig:
                          neck_depth=neck_depth, neck_expand=4, input_size=1024)
 
 
+_MINI_DECODER = dict(prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256, decoder_heads=4,
+                     iou_head_hidden_dim=64, mask_in_chans=16)
+
 MODEL_CONFIGS: dict[str, SamConfig] = {
     "efficientvit-sam-l0": SamConfig("efficientvit-sam-l0", _l((1, 1, 1, 4, 4), 4),
                                      hub_file="efficientvit_sam_l0.pt"),
@@ -130,16 +133,17 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
     ),
     # Not official either: the smallest model whose mask decoder learns to follow prompts when
     # trained from scratch on a CPU (the tiny decoder, 32 wide and one layer deep, learns only
-    # a prompt-independent "salient objects" mask). Teacher and student of the README's
-    # made-shard distillation run.
+    # a prompt-independent "salient objects" mask). The student of the made-data distillation
+    # (distill/made_model_run.sh). At 256 input the neck fuses stages 1, 3 and 4 (strides 4, 16,
+    # 32), so the 64 x 64 embedding has stride-4 detail (not stride-8 features upsampled: many
+    # made objects are small) as well as the attention stage's context.
     "efficientvit-sam-mini": SamConfig(
         "efficientvit-sam-mini",
         EncoderConfig(widths=(8, 16, 32, 48, 64), depths=(1, 1, 1, 2, 2), blocks=_L_BLOCKS,
                       expands=(1, 2, 4, 4, 4), fewer_norm=_L_FEWER, attention_scales=(5,),
-                      qkv_dim=16, neck_stages=(4, 3, 2), neck_width=64, neck_depth=1,
+                      qkv_dim=16, neck_stages=(4, 3, 1), neck_width=64, neck_depth=1,
                       out_dim=64, input_size=256, embed_size=64),
-        prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256, decoder_heads=4,
-        iou_head_hidden_dim=64, mask_in_chans=16,
+        **_MINI_DECODER,
     ),
     # Its teacher, trained from scratch on made data: the same prompt encoder and mask decoder
     # (the student copies them, as EfficientViT-SAM's students copy SAM ViT-H's) behind an
@@ -150,8 +154,7 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
                       expands=(1, 4, 4, 4, 4), fewer_norm=_L_FEWER, attention_scales=(5,),
                       qkv_dim=16, neck_stages=(4, 3, 1), neck_width=96, neck_depth=2,
                       out_dim=64, input_size=256, embed_size=64),
-        prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256, decoder_heads=4,
-        iou_head_hidden_dim=64, mask_in_chans=16,
+        **_MINI_DECODER,
     ),
 }
 

@@ -31,6 +31,13 @@ def _training_checkpoint(path: Path, *, world: int = 1, nan: bool = False) -> Pa
     return path
 
 
+def _killed_before_first_save(t: Path) -> Path:
+    """A run folder with files but no checkpoint (a run killed before its first save)."""
+    (t / "run").mkdir()
+    (t / "run" / "config.yaml").write_text("phase: 1\n")
+    return t / "run"
+
+
 def _bad_yaml(tmp: Path) -> Path:
     path = tmp / "bad.yaml"
     path.write_text("phase: 1\ntrain:\n  lr: [1e-4\n  steps: 3\n")
@@ -74,7 +81,8 @@ CASES = {
         lambda t: ["distill", *TRAIN, f"run.out_dir={t}/run", "--resume", str(t / "no.pt")],
         "no.pt: no such file"),
     "resume auto without checkpoint": (
-        lambda t: ["distill", *TRAIN, f"run.out_dir={t}/run", "--resume", "auto"],
+        lambda t: ["distill", *TRAIN, f"run.out_dir={_killed_before_first_save(t)}",
+                   "--resume", "auto"],
         "--resume auto: no checkpoint.pt in run.out_dir "),
     "resume weights file": (
         lambda t: ["distill", *TRAIN, f"run.out_dir={t}/run", "--resume", str(_weights(t))],

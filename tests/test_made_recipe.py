@@ -1,0 +1,74 @@
+"""Pieces of the made-data recipe (issue #13): negative clicks near the object, the fed-logits
+probability, ``--resume auto`` on a fresh run, and the teacher/student MAC ratio."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.cli import _resume_path
+from distill.config import load_config
+from distill.prompts import LOW_RES_STRIDE, near_negatives
+
+
+def test_near_negatives_lie_outside_the_mask_inside_the_grown_box() -> None:
+    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
+    masks[0, 100:120, 50:90] = True
+    masks[1, 10:40, 200:250] = True
+    boxes = torch.tensor([[50, 100, 90, 120], [200, 10, 250, 40]], dtype=torch.float32)
+    boxes = boxes * LOW_RES_STRIDE
+    points = near_negatives(masks, boxes, 16, torch.Generator().manual_seed(0))
+    assert points.shape == (2, 16, 2)
+    for k in range(2):
+        cols = (points[k, :, 0] / LOW_RES_STRIDE).long()
+        rows = (points[k, :, 1] / LOW_RES_STRIDE).long()
+        assert not masks[k, rows, cols].any()
+        x0, y0, x1, y1 = (boxes[k] / LOW_RES_STRIDE).tolist()
+        w, h = x1 - x0, y1 - y0
+        assert ((cols >= x0 - w / 2 - 1) & (cols <= x1 + w / 2)).all()
+        assert ((rows >= y0 - h / 2 - 1) & (rows <= y1 + h / 2)).all()
+
+
+def test_prompt_probabilities_are_validated() -> None:
+    with pytest.raises(ValueError, match="negative_prob"):
+        load_config("made_teacher", ["prompts.negative_prob=1.5"])
+    with pytest.raises(ValueError, match="feed_prob"):
+        load_config("made_student_phase2", ["prompts.feed_prob=-0.1"])
+
+
+def test_resume_auto_starts_fresh_without_a_checkpoint(tmp_path) -> None:
+    assert _resume_path("auto", str(tmp_path)) is None
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    assert _resume_path("auto", str(tmp_path)) == str(tmp_path / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError):
+        _resume_path(str(tmp_path / "missing.pt"), str(tmp_path))
+
+
+def test_teacher_encoder_has_at_least_4x_the_student_macs() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from effvit_sam import build_sam
+
+    macs = {}
+    for name in ("efficientvit-sam-mini", "efficientvit-sam-mini-teacher"):
+        model = build_sam(name).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.encode(torch.zeros(1, 3, 256, 256))
+        macs[name] = counter.get_total_flops() / 2
+    assert macs["efficientvit-sam-mini-teacher"] >= 4 * macs["efficientvit-sam-mini"]
+
+
+def test_export_pretrained_writes_a_loadable_folder(tmp_path) -> None:
+    from distill.export import export_main
+    from effvit_sam import build_sam
+    from effvit_sam.checkpoint import from_pretrained
+
+    torch.manual_seed(0)
+    model = build_sam("efficientvit-sam-tiny")
+    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "step": 7},
+               tmp_path / "checkpoint.pt")
+    assert export_main(["--checkpoint", str(tmp_path / "checkpoint.pt"),
+                        "--out", str(tmp_path / "out")]) == 0
+    loaded = from_pretrained(tmp_path / "out")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
