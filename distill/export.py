@@ -12,7 +12,7 @@ def export_main(argv: list[str]) -> int:
     import torch
 
     from effvit_sam import build_sam
-    from effvit_sam.checkpoint import save_pretrained
+    from effvit_sam.checkpoint import load_checkpoint, save_pretrained
     from effvit_sam.configs import SamConfig
 
     parser = argparse.ArgumentParser(prog="python -m distill export-pretrained",
@@ -22,7 +22,7 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     model = build_sam(SamConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"], strict=True)
+    load_checkpoint(model, ckpt["model"])  # strict; refuses non-finite weights
     out = save_pretrained(model, args.out)
     print(json.dumps({"step": int(ckpt["step"]), "out": str(out)}))
     return 0

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.cli import _resume_path
 from distill.config import load_config
 from distill.prompts import LOW_RES_STRIDE, near_negatives
+from distill.run import resume_path
 
 
 def test_near_negatives_lie_outside_the_mask_inside_the_grown_box() -> None:
@@ -37,11 +37,10 @@ def test_prompt_probabilities_are_validated() -> None:
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint(tmp_path) -> None:
-    assert _resume_path("auto", str(tmp_path)) is None
+    assert resume_path("auto", tmp_path / "new") is None  # no folder yet
+    assert resume_path("auto", tmp_path) is None  # an empty folder
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
-    assert _resume_path("auto", str(tmp_path)) == str(tmp_path / "checkpoint.pt")
-    with pytest.raises(FileNotFoundError):
-        _resume_path(str(tmp_path / "missing.pt"), str(tmp_path))
+    assert resume_path("auto", tmp_path) == tmp_path / "checkpoint.pt"
 
 
 def test_teacher_encoder_has_at_least_4x_the_student_macs() -> None:
@@ -61,7 +60,7 @@ def test_teacher_encoder_has_at_least_4x_the_student_macs() -> None:
 def test_export_pretrained_writes_a_loadable_folder(tmp_path) -> None:
     from distill.export import export_main
     from effvit_sam import build_sam
-    from effvit_sam.checkpoint import from_pretrained
+    from effvit_sam.build import from_pretrained
 
     torch.manual_seed(0)
     model = build_sam("efficientvit-sam-tiny")
