@@ -11,6 +11,7 @@ time, thresholded and run-length encoded at once; only RLEs are kept. The record
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,11 @@ logger = logging.getLogger(__name__)
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _CHUNK_BYTES = 128 << 20
 """Full-resolution work per chunk of masks (float logits, bool masks, RLE temporaries)."""
+LOW_RES_STABILITY_MARGIN = 0.05
+"""With ``low_res_stability``, candidates whose stability on the 256 x 256 logits is below
+``stability_score_thresh`` minus this margin are dropped before upscaling (SAM's full-resolution
+stability still decides for the rest). Low- and full-resolution stability differ by a few
+hundredths on thin masks; the margin keeps those (README: masks matched)."""
 
 
 def _uncrop_rles(masks: torch.Tensor, crop_box: list[int], orig_size: tuple[int, int]) -> list:
@@ -91,7 +97,16 @@ class EfficientViTSamAutomaticMaskGenerator:
     inclusive pixel extents), ``predicted_iou``, ``stability_score``, ``point_coords``
     (``[[x, y]]`` original pixels) and ``crop_box`` (XYWH). ``crop_n_layers > 0`` adds
     overlapping crops (layer i has ``2**i x 2**i`` crops), each encoded on its own. ``fast``
-    and ``device`` are passed to :class:`EfficientViTSamPredictor`.
+    and ``device`` are passed to :class:`EfficientViTSamPredictor` (``fast`` includes the
+    many-prompt decoder, :class:`effvit_sam.inference.decoder.FastMaskDecoder`, which decodes
+    each batch of ``points_per_batch`` grid points in one call).
+
+    ``low_res_stability`` (off by default: SAM's algorithm exactly) drops candidates whose
+    stability score on the low-res logits is below ``stability_score_thresh -``
+    :data:`LOW_RES_STABILITY_MARGIN` before they are upscaled; the kept masks and their records
+    are SAM's, a mask whose low- and full-resolution stability differ by more than the margin
+    can be lost (``effvit-sam bench-decoder`` reports masks matched against SAM's generator).
+    Non-finite or out-of-range options raise ``ValueError`` naming the option.
     """
 
     def __init__(self, model: nn.Module, *, points_per_side: int | None = 32,
@@ -101,19 +116,37 @@ class EfficientViTSamAutomaticMaskGenerator:
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  point_grids: list[np.ndarray] | None = None, min_mask_region_area: int = 0,
                  output_mode: str = "binary_mask", progress: bool = False,
-                 device: str | torch.device | None = None, fast: bool = True) -> None:
+                 device: str | torch.device | None = None, fast: bool = True,
+                 low_res_stability: bool = False) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        for name, value in (("points_per_side", points_per_side),
+                            ("points_per_batch", points_per_batch),
+                            ("crop_n_layers", crop_n_layers),
+                            ("crop_n_points_downscale_factor", crop_n_points_downscale_factor)):
+            if value is not None and (isinstance(value, bool) or
+                                      not isinstance(value, (int, np.integer))):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if points_per_batch < 1 or crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
             raise ValueError("points_per_batch and crop_n_points_downscale_factor must be >= 1, "
                              "crop_n_layers >= 0")
-        for name, value in (("box_nms_thresh", box_nms_thresh),
+        # NaN compares false with everything: these checks reject it (SAM's `thresh > 0` tests
+        # would silently switch a NaN filter off).
+        for name, value in (("pred_iou_thresh", pred_iou_thresh),
+                            ("stability_score_thresh", stability_score_thresh),
+                            ("box_nms_thresh", box_nms_thresh),
                             ("crop_nms_thresh", crop_nms_thresh),
                             ("crop_overlap_ratio", crop_overlap_ratio)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 <= stability_score_offset < math.inf:
+            raise ValueError(f"stability_score_offset must be finite and >= 0, got "
+                             f"{stability_score_offset}")
+        if not 0 <= min_mask_region_area < math.inf:
+            raise ValueError(f"min_mask_region_area must be finite and >= 0, got "
+                             f"{min_mask_region_area}")
         if points_per_side is not None:
             if points_per_side < 1:
                 raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
@@ -146,6 +179,7 @@ class EfficientViTSamAutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.progress = progress
+        self.low_res_stability = low_res_stability
 
     @torch.inference_mode()
     def generate(self, image, image_format: str = "RGB", *,
@@ -250,6 +284,10 @@ class EfficientViTSamAutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
             low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
+        if self.low_res_stability and self.stability_score_thresh > 0.0:
+            keep = self._low_res_stability(low_res, encoded.input_size) >= \
+                self.stability_score_thresh - LOW_RES_STABILITY_MARGIN
+            low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
         out = MaskData(rles=[], boxes=torch.zeros(0, 4, dtype=torch.int64), iou_preds=iou[:0].cpu(),
                        points=pts[:0], stability_score=torch.zeros(0))
         crop_h, crop_w = encoded.original_size
@@ -280,6 +318,15 @@ class EfficientViTSamAutomaticMaskGenerator:
                 chunk[key] = chunk[key].cpu()
             _extend(out, chunk)
         return out
+
+    def _low_res_stability(self, low_res: torch.Tensor,
+                           input_size: tuple[int, int]) -> torch.Tensor:
+        """SAM's stability score of ``K x 256 x 256`` logits over the part that covers the image
+        (the rest is the prompt frame's padding, cropped away by the upscaling): ``K``."""
+        scale = geometry.LOW_RES_MASK_SIZE / self.predictor.prompt_frame
+        rows, cols = (math.ceil(v * scale) for v in input_size)
+        return calculate_stability_score(low_res[:, :rows, :cols], self.predictor.mask_threshold,
+                                         self.stability_score_offset)
 
     def _remove_small_regions(self, data: MaskData) -> MaskData:
         """SAM's hole/island removal and re-NMS, one full-size mask in memory at a time."""
