@@ -54,22 +54,44 @@ hundredths on thin masks; the margin keeps those (README: masks matched)."""
 
 
 def _uncrop_rles(masks: torch.Tensor, crop_box: list[int], orig_size: tuple[int, int]) -> list:
-    """RLEs of ``K x h x w`` crop masks in the whole ``H x W`` image, without materialising
-    ``K x H x W``: pad rows only (column-major runs then form one contiguous stretch of the
-    image's), and add the zero columns left and right of the crop to the first and last run."""
+    """SAM's uncompressed RLEs of ``K x h x w`` crop masks in the whole ``H x W`` image (what
+    ``mask_to_rle_pytorch(uncrop_masks(...))`` gives); see :func:`_uncrop_rles_transposed`."""
+    return _uncrop_rles_transposed(masks.transpose(1, 2), crop_box, orig_size)
+
+
+def _uncrop_rles_transposed(masks_t: torch.Tensor, crop_box: list[int],
+                            orig_size: tuple[int, int]) -> list:
+    """RLEs in the whole ``H x W`` image of crop masks given transposed, ``K x w x h`` (row i is
+    the crop's column i: the column-major order of COCO's runs, so no transposing copy).
+
+    The ``K x H x W`` uncropped masks are never made: the crop's columns are padded to ``H`` rows,
+    then the zero columns left and right of the crop are added to the first and last run. All
+    masks' run boundaries come from one comparison and one ``nonzero`` over the batch.
+    """
     x0, y0, x1, y1 = crop_box
     h, w = orig_size
-    padded = torch.nn.functional.pad(masks, (0, 0, y0, h - y1)) if (y0, y1) != (0, h) else masks
-    rles = mask_to_rle_pytorch(padded)
+    if (y0, y1) != (0, h):
+        masks_t = torch.nn.functional.pad(masks_t, (y0, h - y1))
+    k = masks_t.shape[0]
+    flat = masks_t.reshape(k, -1)
+    length = flat.shape[1]
+    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()  # (mask, position) in row-major order
+    per_mask = torch.bincount(changes[:, 0], minlength=k).tolist()
+    positions = (changes[:, 1] + 1).cpu().numpy()
+    starts_on = flat[:, 0].tolist()
     left, right = x0 * h, (w - x1) * h
-    for rle in rles:
-        counts = rle["counts"]
-        counts[0] += left  # counts start with a zero run (0 when the crop starts with a 1)
+    rles, offset = [], 0
+    for i in range(k):
+        bounds = np.concatenate([[0], positions[offset: offset + per_mask[i]], [length]])
+        offset += per_mask[i]
+        runs = np.diff(bounds).tolist()
+        counts = [0, *runs] if starts_on[i] else runs  # counts start with a zero run
+        counts[0] += left
         if len(counts) % 2:  # odd length: the last run is zeros
             counts[-1] += right
         elif right:
             counts.append(right)
-        rle["size"] = [h, w]
+        rles.append({"size": [h, w], "counts": counts})
     return rles
 
 
@@ -294,26 +316,32 @@ class EfficientViTSamAutomaticMaskGenerator:
         per_mask = max(crop_h * crop_w * 4, orig_size[0] * crop_w * 3)
         step = max(1, _CHUNK_BYTES // per_mask)
         threshold = predictor.mask_threshold
+        # Upscaled transposed (crop columns as rows): bilinear resizing is separable, so this is
+        # the same interpolation, and the masks come out in the column-major order of RLEs.
+        low_res_t = low_res.transpose(-1, -2)
+        input_t = tuple(encoded.input_size[::-1])
         for i in range(0, len(low_res), step):
-            logits = predictor.upscale(encoded, low_res[i: i + step, None],
-                                       return_logits=True)[:, 0]
+            logits_t = geometry.postprocess_masks(low_res_t[i: i + step, None], input_t,
+                                                  (crop_w, crop_h), predictor.prompt_frame)[:, 0]
             chunk = MaskData(iou_preds=iou[i: i + step], points=pts[i: i + step],
                              stability_score=calculate_stability_score(
-                                 logits, threshold, self.stability_score_offset))
+                                 logits_t, threshold, self.stability_score_offset))
             if self.stability_score_thresh > 0.0:
                 keep = chunk["stability_score"] >= self.stability_score_thresh
                 chunk.filter(keep)
-                logits = logits[keep]
-            masks = logits > threshold
-            del logits
-            chunk["boxes"] = batched_mask_to_box(masks)
+                logits_t = logits_t[keep]
+            masks_t = logits_t > threshold
+            del logits_t
+            # (y0, x0, y1, x1) of the transposed masks -> XYXY
+            chunk["boxes"] = batched_mask_to_box(masks_t)[:, [1, 0, 3, 2]]
             keep = ~is_box_near_crop_edge(chunk["boxes"], crop_box,
                                           [0, 0, orig_size[1], orig_size[0]])
             if not torch.all(keep):
                 chunk.filter(keep)
-                masks = masks[keep]
-            chunk["rles"] = _uncrop_rles(masks, crop_box, orig_size) if len(masks) else []
-            del masks
+                masks_t = masks_t[keep]
+            chunk["rles"] = _uncrop_rles_transposed(masks_t, crop_box, orig_size) \
+                if len(masks_t) else []
+            del masks_t
             for key in ("iou_preds", "stability_score", "boxes"):
                 chunk[key] = chunk[key].cpu()
             _extend(out, chunk)
