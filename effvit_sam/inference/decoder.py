@@ -27,7 +27,8 @@ function (low-res logits within 1e-3 in float32, ``tests/test_fast_decoder.py``)
   one matrix product per pixel; ``LayerNorm2d`` is one ``F.layer_norm``; only the masks that
   are returned (3 of 4 with ``multimask_output``, else 1) are multiplied with the
   hypernetwork weights; the pixel shuffle is one permute of the final logits.
-* Prompts go through in chunks of ``chunk_size``, so memory grows with the chunk, not with K.
+* Prompts go through in chunks of ``chunk_size``, so memory grows with the chunk, not with K;
+  the last layer's image tokens are updated in place (``baddbmm_``).
 
 The module holds the *same* submodules as the decoder it is built from (the same parameter
 objects and state-dict keys, so SAM and official checkpoints load into it unchanged) and reads
@@ -43,9 +44,9 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 from torch import nn
 
-DEFAULT_CHUNK = 64
-"""Prompts decoded together: large enough for big GEMMs, small enough to stay in memory
-(about 20 MB per prompt at 256 channels)."""
+DEFAULT_CHUNK = 32
+"""Prompts decoded together: large enough for big GEMMs, small enough that the temporaries
+(about 20 MB per prompt at 256 channels) stay few (fastest of 8/16/32/64 on a 2-core CPU)."""
 
 
 def _check_structure(decoder: MaskDecoder) -> None:
@@ -173,7 +174,9 @@ class FastMaskDecoder(nn.Module):
                 x = _i2t_update(layer.cross_attn_image_to_token, first["x"], None, q, queries,
                                 shared_q=first["i2t_q"])
             else:
-                x = _i2t_update(layer.cross_attn_image_to_token, x, xp, q, queries)
+                # x is the previous layer's norm output, or the caller's when mask inputs differ.
+                x = _i2t_update(layer.cross_attn_image_to_token, x, xp, q, queries,
+                                owns_x=i > 0)
             x = layer.norm4(x)
         t = self.transformer
         attn_out = _t2i_low_rank(t.final_attn_token_to_image, queries + point_pe, x, x + pe)
@@ -242,10 +245,12 @@ def _t2i_low_rank(attn: Attention, q_in: torch.Tensor, x: torch.Tensor,
 
 
 def _i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in: torch.Tensor,
-                v_in: torch.Tensor, *, shared_q: torch.Tensor | None = None) -> torch.Tensor:
+                v_in: torch.Tensor, *, shared_q: torch.Tensor | None = None,
+                owns_x: bool = False) -> torch.Tensor:
     """``x + image->token attention`` (before the layer's norm): ``B x L x C`` (or ``1 x L x C``
     shared) image tokens attend to ``B x N x C`` tokens. ``shared_q``: the ``L x Ci`` projected
-    queries when ``x`` is shared by every prompt, else they come from ``xp`` in low rank."""
+    queries when ``x`` is shared by every prompt, else they come from ``xp`` in low rank.
+    ``owns_x``: ``x`` is a temporary of this decoder that may be overwritten."""
     b, n, c = v_in.shape
     heads, d = _heads(attn)
     k = _linear(attn.k_proj, k_in).view(b, n, heads, d) * d ** -0.5
@@ -268,4 +273,6 @@ def _i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in:
         scores = torch.baddbmm(bias.reshape(b, heads * n, 1), g, xp.transpose(1, 2))
         length = scores.shape[2]
         a = scores.view(b, heads, n, length).softmax(2).view(b, heads * n, length)
+    if x.shape[0] == b and owns_x:  # the old image tokens are not needed again: update in place
+        return x.baddbmm_(a.transpose(1, 2), m)
     return torch.baddbmm(x.expand(b, -1, -1), a.transpose(1, 2), m)
