@@ -209,3 +209,24 @@ def test_masks_matched_counts_reference_records():
     assert masks_matched(rec, [{"segmentation": mask_to_rle(b)}]) == 1
     assert masks_matched(rec, [{"segmentation": mask_to_rle(c)}]) == 1
     assert masks_matched(rec, []) == 0
+
+
+def test_bench_decoder_command_reports_every_table(tmp_path, capsys):
+    from effvit_sam.cli import main
+    from effvit_sam.io import read_json
+
+    assert main(["bench-decoder", "--model", "efficientvit-sam-tiny", "--size", "64x48",
+                 "--points-per-side", "2", "--boxes", "2", "--decoder-batch", "3",
+                 "--accuracy-prompts", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for header in ("| decoder, batch", "| boxes |", "| everything |", "| option |"):
+        assert header in out
+    result = read_json(tmp_path / "bench_decoder.json")
+    assert result["decoder"]["batch"] == 3 and result["decoder"]["logit_max_abs"] < LOGIT_ATOL
+    assert result["boxes"]["mask_agreement"] > 0.999
+    assert [r["engine"] for r in result["everything"]] == ["ours", "ours_low_res_stability"] * 2
+    assert all(r["matched"] <= r["official_masks"] for r in result["everything"])
+    assert all(r["logit_max_abs"] < LOGIT_ATOL for r in result["accuracy"])
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line
+        main(["bench-decoder", "--size", "64"])
+    assert exit_info.value.code == 2 and "WIDTHxHEIGHT" in capsys.readouterr().err

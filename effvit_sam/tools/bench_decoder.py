@@ -290,7 +290,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
               "decoder": _bench_decoder(model, embedding, args.decoder_batch, args.runs, device),
               "boxes": _bench_boxes(model, image, args.boxes, args.runs, device),
               "everything": _bench_everything(model, image, args, device),
-              "accuracy": decoder_accuracy(model, embedding)}
+              "accuracy": decoder_accuracy(model, embedding, prompts=args.accuracy_prompts)}
     result["markdown"] = _markdown(result)
     return result
 
@@ -318,12 +318,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--boxes", type=int, default=64)
     parser.add_argument("--decoder-batch", type=int, default=256)
+    parser.add_argument("--accuracy-prompts", type=int, default=64,
+                        help="random point and box prompts of the accuracy table")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write bench_decoder.json here")
     args = parser.parse_args(argv)
-    for name in ("points_per_side", "points_per_batch", "boxes", "decoder_batch", "runs"):
+    for name in ("points_per_side", "points_per_batch", "boxes", "decoder_batch", "runs",
+                 "accuracy_prompts"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
