@@ -6,6 +6,12 @@ upscales every mask of a batch to full resolution as float logits and pads crop 
 whole image before run-length encoding, which for a 6000 x 8000 scan is tens of GB. Here the
 decoder's low-res logits are filtered by predicted IoU first, then upscaled a few masks at a
 time, thresholded and run-length encoded at once; only RLEs are kept. The records equal SAM's.
+
+Less work for the same masks: each batch of grid points is one call of the fast path's
+many-prompt decoder (:class:`effvit_sam.inference.decoder.FastMaskDecoder`); candidates are
+upscaled transposed, so their masks come out in RLE's column-major order and every run boundary
+of a chunk comes from one comparison and one ``nonzero`` (SAM scans all changes once per mask);
+``low_res_stability=True`` also drops clearly unstable candidates before upscaling them.
 """
 
 from __future__ import annotations
