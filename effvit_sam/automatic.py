@@ -6,11 +6,18 @@ upscales every mask of a batch to full resolution as float logits and pads crop 
 whole image before run-length encoding, which for a 6000 x 8000 scan is tens of GB. Here the
 decoder's low-res logits are filtered by predicted IoU first, then upscaled a few masks at a
 time, thresholded and run-length encoded at once; only RLEs are kept. The records equal SAM's.
+
+Less work for the same masks: each batch of grid points is one call of the fast path's
+many-prompt decoder (:class:`effvit_sam.inference.decoder.FastMaskDecoder`); candidates are
+upscaled transposed, so their masks come out in RLE's column-major order and every run boundary
+of a chunk comes from one comparison and one ``nonzero`` (SAM scans all changes once per mask);
+``low_res_stability=True`` also drops clearly unstable candidates before upscaling them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -45,25 +52,52 @@ logger = logging.getLogger(__name__)
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 _CHUNK_BYTES = 128 << 20
 """Full-resolution work per chunk of masks (float logits, bool masks, RLE temporaries)."""
+LOW_RES_STABILITY_MARGIN = 0.05
+"""With ``low_res_stability``, candidates whose stability on the 256 x 256 logits is below
+``stability_score_thresh`` minus this margin are dropped before upscaling (SAM's full-resolution
+stability still decides for the rest). Low- and full-resolution stability differ by a few
+hundredths on thin masks; the margin keeps those (README: masks matched)."""
 
 
 def _uncrop_rles(masks: torch.Tensor, crop_box: list[int], orig_size: tuple[int, int]) -> list:
-    """RLEs of ``K x h x w`` crop masks in the whole ``H x W`` image, without materialising
-    ``K x H x W``: pad rows only (column-major runs then form one contiguous stretch of the
-    image's), and add the zero columns left and right of the crop to the first and last run."""
+    """SAM's uncompressed RLEs of ``K x h x w`` crop masks in the whole ``H x W`` image (what
+    ``mask_to_rle_pytorch(uncrop_masks(...))`` gives); see :func:`_uncrop_rles_transposed`."""
+    return _uncrop_rles_transposed(masks.transpose(1, 2), crop_box, orig_size)
+
+
+def _uncrop_rles_transposed(masks_t: torch.Tensor, crop_box: list[int],
+                            orig_size: tuple[int, int]) -> list:
+    """RLEs in the whole ``H x W`` image of crop masks given transposed, ``K x w x h`` (row i is
+    the crop's column i: the column-major order of COCO's runs, so no transposing copy).
+
+    The ``K x H x W`` uncropped masks are never made: the crop's columns are padded to ``H`` rows,
+    then the zero columns left and right of the crop are added to the first and last run. All
+    masks' run boundaries come from one comparison and one ``nonzero`` over the batch.
+    """
     x0, y0, x1, y1 = crop_box
     h, w = orig_size
-    padded = torch.nn.functional.pad(masks, (0, 0, y0, h - y1)) if (y0, y1) != (0, h) else masks
-    rles = mask_to_rle_pytorch(padded)
+    if (y0, y1) != (0, h):
+        masks_t = torch.nn.functional.pad(masks_t, (y0, h - y1))
+    k = masks_t.shape[0]
+    flat = masks_t.reshape(k, -1)
+    length = flat.shape[1]
+    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()  # (mask, position) in row-major order
+    per_mask = torch.bincount(changes[:, 0], minlength=k).tolist()
+    positions = (changes[:, 1] + 1).cpu().numpy()
+    starts_on = flat[:, 0].tolist()
     left, right = x0 * h, (w - x1) * h
-    for rle in rles:
-        counts = rle["counts"]
-        counts[0] += left  # counts start with a zero run (0 when the crop starts with a 1)
+    rles, offset = [], 0
+    for i in range(k):
+        bounds = np.concatenate([[0], positions[offset: offset + per_mask[i]], [length]])
+        offset += per_mask[i]
+        runs = np.diff(bounds).tolist()
+        counts = [0, *runs] if starts_on[i] else runs  # counts start with a zero run
+        counts[0] += left
         if len(counts) % 2:  # odd length: the last run is zeros
             counts[-1] += right
         elif right:
             counts.append(right)
-        rle["size"] = [h, w]
+        rles.append({"size": [h, w], "counts": counts})
     return rles
 
 
@@ -91,7 +125,16 @@ class EfficientViTSamAutomaticMaskGenerator:
     inclusive pixel extents), ``predicted_iou``, ``stability_score``, ``point_coords``
     (``[[x, y]]`` original pixels) and ``crop_box`` (XYWH). ``crop_n_layers > 0`` adds
     overlapping crops (layer i has ``2**i x 2**i`` crops), each encoded on its own. ``fast``
-    and ``device`` are passed to :class:`EfficientViTSamPredictor`.
+    and ``device`` are passed to :class:`EfficientViTSamPredictor` (``fast`` includes the
+    many-prompt decoder, :class:`effvit_sam.inference.decoder.FastMaskDecoder`, which decodes
+    each batch of ``points_per_batch`` grid points in one call).
+
+    ``low_res_stability`` (off by default: SAM's algorithm exactly) drops candidates whose
+    stability score on the low-res logits is below ``stability_score_thresh -``
+    :data:`LOW_RES_STABILITY_MARGIN` before they are upscaled; the kept masks and their records
+    are SAM's, a mask whose low- and full-resolution stability differ by more than the margin
+    can be lost (``effvit-sam bench-decoder`` reports masks matched against SAM's generator).
+    Non-finite or out-of-range options raise ``ValueError`` naming the option.
     """
 
     def __init__(self, model: nn.Module, *, points_per_side: int | None = 32,
@@ -101,19 +144,37 @@ class EfficientViTSamAutomaticMaskGenerator:
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  point_grids: list[np.ndarray] | None = None, min_mask_region_area: int = 0,
                  output_mode: str = "binary_mask", progress: bool = False,
-                 device: str | torch.device | None = None, fast: bool = True) -> None:
+                 device: str | torch.device | None = None, fast: bool = True,
+                 low_res_stability: bool = False) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        for name, value in (("points_per_side", points_per_side),
+                            ("points_per_batch", points_per_batch),
+                            ("crop_n_layers", crop_n_layers),
+                            ("crop_n_points_downscale_factor", crop_n_points_downscale_factor)):
+            if value is not None and (isinstance(value, bool) or
+                                      not isinstance(value, (int, np.integer))):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if points_per_batch < 1 or crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
             raise ValueError("points_per_batch and crop_n_points_downscale_factor must be >= 1, "
                              "crop_n_layers >= 0")
-        for name, value in (("box_nms_thresh", box_nms_thresh),
+        # NaN compares false with everything: these checks reject it (SAM's `thresh > 0` tests
+        # would silently switch a NaN filter off).
+        for name, value in (("pred_iou_thresh", pred_iou_thresh),
+                            ("stability_score_thresh", stability_score_thresh),
+                            ("box_nms_thresh", box_nms_thresh),
                             ("crop_nms_thresh", crop_nms_thresh),
                             ("crop_overlap_ratio", crop_overlap_ratio)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 <= stability_score_offset < math.inf:
+            raise ValueError(f"stability_score_offset must be finite and >= 0, got "
+                             f"{stability_score_offset}")
+        if not 0 <= min_mask_region_area < math.inf:
+            raise ValueError(f"min_mask_region_area must be finite and >= 0, got "
+                             f"{min_mask_region_area}")
         if points_per_side is not None:
             if points_per_side < 1:
                 raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
@@ -146,6 +207,7 @@ class EfficientViTSamAutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.progress = progress
+        self.low_res_stability = low_res_stability
 
     @torch.inference_mode()
     def generate(self, image, image_format: str = "RGB", *,
@@ -250,36 +312,55 @@ class EfficientViTSamAutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
             low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
+        if self.low_res_stability and self.stability_score_thresh > 0.0:
+            keep = self._low_res_stability(low_res, encoded.input_size) >= \
+                self.stability_score_thresh - LOW_RES_STABILITY_MARGIN
+            low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
         out = MaskData(rles=[], boxes=torch.zeros(0, 4, dtype=torch.int64), iou_preds=iou[:0].cpu(),
                        points=pts[:0], stability_score=torch.zeros(0))
         crop_h, crop_w = encoded.original_size
         per_mask = max(crop_h * crop_w * 4, orig_size[0] * crop_w * 3)
         step = max(1, _CHUNK_BYTES // per_mask)
         threshold = predictor.mask_threshold
+        # Upscaled transposed (crop columns as rows): bilinear resizing is separable, so this is
+        # the same interpolation, and the masks come out in the column-major order of RLEs.
+        low_res_t = low_res.transpose(-1, -2)
+        input_t = tuple(encoded.input_size[::-1])
         for i in range(0, len(low_res), step):
-            logits = predictor.upscale(encoded, low_res[i: i + step, None],
-                                       return_logits=True)[:, 0]
+            logits_t = geometry.postprocess_masks(low_res_t[i: i + step, None], input_t,
+                                                  (crop_w, crop_h), predictor.prompt_frame)[:, 0]
             chunk = MaskData(iou_preds=iou[i: i + step], points=pts[i: i + step],
                              stability_score=calculate_stability_score(
-                                 logits, threshold, self.stability_score_offset))
+                                 logits_t, threshold, self.stability_score_offset))
             if self.stability_score_thresh > 0.0:
                 keep = chunk["stability_score"] >= self.stability_score_thresh
                 chunk.filter(keep)
-                logits = logits[keep]
-            masks = logits > threshold
-            del logits
-            chunk["boxes"] = batched_mask_to_box(masks)
+                logits_t = logits_t[keep]
+            masks_t = logits_t > threshold
+            del logits_t
+            # (y0, x0, y1, x1) of the transposed masks -> XYXY
+            chunk["boxes"] = batched_mask_to_box(masks_t)[:, [1, 0, 3, 2]]
             keep = ~is_box_near_crop_edge(chunk["boxes"], crop_box,
                                           [0, 0, orig_size[1], orig_size[0]])
             if not torch.all(keep):
                 chunk.filter(keep)
-                masks = masks[keep]
-            chunk["rles"] = _uncrop_rles(masks, crop_box, orig_size) if len(masks) else []
-            del masks
+                masks_t = masks_t[keep]
+            chunk["rles"] = _uncrop_rles_transposed(masks_t, crop_box, orig_size) \
+                if len(masks_t) else []
+            del masks_t
             for key in ("iou_preds", "stability_score", "boxes"):
                 chunk[key] = chunk[key].cpu()
             _extend(out, chunk)
         return out
+
+    def _low_res_stability(self, low_res: torch.Tensor,
+                           input_size: tuple[int, int]) -> torch.Tensor:
+        """SAM's stability score of ``K x 256 x 256`` logits over the part that covers the image
+        (the rest is the prompt frame's padding, cropped away by the upscaling): ``K``."""
+        scale = geometry.LOW_RES_MASK_SIZE / self.predictor.prompt_frame
+        rows, cols = (math.ceil(v * scale) for v in input_size)
+        return calculate_stability_score(low_res[:, :rows, :cols], self.predictor.mask_threshold,
+                                         self.stability_score_offset)
 
     def _remove_small_regions(self, data: MaskData) -> MaskData:
         """SAM's hole/island removal and re-NMS, one full-size mask in memory at a time."""

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export-onnx": ("effvit_sam.tools.export", "main", "export encoder and decoder to ONNX"),
     "bench": ("effvit_sam.tools.bench", "main", "speed and memory benchmark, reported as ratios"),
     "env": ("effvit_sam.tools.env", "main", "this machine, its torch, the fast path it picks"),
+    "bench-decoder": ("effvit_sam.tools.bench_decoder", "main",
+                      "many-prompt decoder and everything mode vs the official computation"),
     "fastpath-accuracy": ("effvit_sam.tools.fastpath_accuracy", "main",
                           "what each fast-path option changes vs eager float32"),
 }

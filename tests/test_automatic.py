@@ -132,6 +132,16 @@ def test_coco_rle_output_and_progress(tiny_records, capsys):
     (dict(points_per_batch=0), "points_per_batch"),
     (dict(box_nms_thresh=1.5), "box_nms_thresh"),
     (dict(points_per_side=0), "points_per_side"),
+    (dict(pred_iou_thresh=math.nan), "pred_iou_thresh"),
+    (dict(stability_score_thresh=math.nan), "stability_score_thresh"),
+    (dict(stability_score_thresh=1.5), "stability_score_thresh"),
+    (dict(pred_iou_thresh=-0.1), "pred_iou_thresh"),
+    (dict(stability_score_offset=math.inf), "stability_score_offset"),
+    (dict(stability_score_offset=math.nan), "stability_score_offset"),
+    (dict(crop_nms_thresh=math.nan), "crop_nms_thresh"),
+    (dict(min_mask_region_area=math.nan), "min_mask_region_area"),
+    (dict(points_per_side=4.5), "points_per_side must be an integer"),
+    (dict(points_per_batch=True), "points_per_batch must be an integer"),
 ])
 def test_bad_options_raise(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):

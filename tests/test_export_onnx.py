@@ -18,6 +18,8 @@ from effvit_sam.export.onnx import (
     DECODER_ATOL,
     DECODER_INPUTS,
     ENCODER_ATOL,
+    OFFICIAL_DECODER_INPUTS,
+    OFFICIAL_DECODER_OUTPUTS,
     OnnxDecoder,
     example_decoder_inputs,
     export_onnx,
@@ -28,9 +30,11 @@ from effvit_sam.tools.export import main
 from .test_fuse import randomise_bn
 
 # Plain operators that TensorRT's ONNX parser builds; anything else in a graph fails the test.
+# ArgMax: the official-names single-mask decoder picks the best mask per prompt.
 TENSORRT_OPS = {
-    "Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div",
-    "Equal", "Erf", "Gather", "Gemm", "Identity", "LayerNormalization", "MatMul", "Mul", "Not",
+    "Add", "ArgMax", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose",
+    "Cos", "Div", "Equal", "Erf", "Gather", "Gemm", "Identity", "LayerNormalization", "MatMul",
+    "Mul", "Not",
     "Pad", "Pow", "ReduceMean", "Relu", "Reshape", "Resize", "Shape", "Sin", "Slice", "Softmax",
     "Split", "Sqrt", "Sub", "Tanh", "Transpose", "Unsqueeze",
 }
@@ -62,12 +66,25 @@ def test_export_writes_verified_graphs(exported: dict) -> None:
         onnx.checker.check_model(onnx.load(exported[key]))
 
 
-@pytest.mark.parametrize("graph", ["encoder_path", "decoder_path"])
-def test_graph_operators_are_tensorrt_buildable(exported: dict, graph: str) -> None:
-    ops = _ops(exported[graph])
+@pytest.fixture(scope="module")
+def official(tiny, tmp_path_factory) -> dict:
+    """Graphs with the official EfficientViT-SAM export's names: all four masks, and one."""
+    return {single: export_onnx(tiny, tmp_path_factory.mktemp(f"official-{single}"),
+                                official_names=True, single_mask=single)
+            for single in (False, True)}
+
+
+@pytest.mark.parametrize("graph", ["encoder_path", "decoder_path", "official_decoder",
+                                   "official_single"])
+def test_graph_operators_are_tensorrt_buildable(exported: dict, official: dict,
+                                                graph: str) -> None:
+    path = {"official_decoder": official[False]["decoder_path"],
+            "official_single": official[True]["decoder_path"]}.get(graph) or exported[graph]
+    ops = _ops(path)
     assert not ops & FORBIDDEN_OPS
     assert ops <= TENSORRT_OPS, f"unexpected operators {sorted(ops - TENSORRT_OPS)}"
-    assert ("Conv" in ops) and (graph != "encoder_path" or "Resize" in ops)
+    assert {"Conv", "Resize"} <= ops if graph == "encoder_path" else "ConvTranspose" in ops
+    assert ("ArgMax" in ops) == (graph == "official_single")
 
 
 def test_encoder_dynamic_batch(tiny, exported: dict) -> None:
@@ -85,7 +102,7 @@ def _torch_decode(model, feeds: dict[str, np.ndarray], *, has_box: bool, use_mas
     labels = torch.from_numpy(feeds["point_labels"]).int()
     boxes = None
     if has_box:
-        boxes = coords[:, -2:].reshape(1, 4)
+        boxes = coords[:, -2:].reshape(-1, 4)
         coords, labels = coords[:, :-2], labels[:, :-2]
     points = (coords, labels) if coords.shape[1] else None
     mask = torch.from_numpy(feeds["mask_input"]) if use_mask else None
@@ -126,6 +143,78 @@ def test_decoder_graph_matches_model_decode(tiny, exported: dict, case: str) -> 
         t_masks, _ = OnnxDecoder(model.prompt_encoder, model.mask_decoder)(
             *(torch.from_numpy(feeds[k]) for k in DECODER_INPUTS))
     np.testing.assert_allclose(t_masks.numpy(), expected_masks, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("mask", ["per-prompt", "shared", "none"])
+def test_batched_decoder_graph_matches_model_decode(tiny, exported: dict, mask: str) -> None:
+    """B = 6 prompt sets (3 points and a box each) in one call == model.decode of all six."""
+    session = ort.InferenceSession(exported["decoder_path"], providers=["CPUExecutionProvider"])
+    feeds = example_decoder_inputs(32, num_points=3, batch=6, seed=11)
+    if mask == "shared":
+        feeds["mask_input"] = feeds["mask_input"][:1]
+    feeds["has_mask_input"] = np.array([0.0 if mask == "none" else 1.0], np.float32)
+    torch_feeds = dict(feeds)
+    if mask == "shared":
+        torch_feeds["mask_input"] = np.repeat(feeds["mask_input"], 6, axis=0)
+    expected_masks, expected_iou = _torch_decode(fuse(tiny), torch_feeds, has_box=True,
+                                                 use_mask=mask != "none")
+    masks, iou = session.run(None, feeds)
+    assert masks.shape == (6, 4, 256, 256) and iou.shape == (6, 4)
+    np.testing.assert_allclose(masks, expected_masks, atol=DECODER_ATOL, rtol=0)
+    np.testing.assert_allclose(iou, expected_iou, atol=1e-4, rtol=0)
+    assert np.abs(masks[0] - masks[1]).max() > 1e-2  # the prompts really differ
+
+
+@pytest.mark.parametrize("single", [False, True], ids=["four-masks", "single-mask"])
+def test_official_names_graphs_match_model_decode(tiny, official: dict, single: bool) -> None:
+    paths = official[single]
+    enc = ort.InferenceSession(paths["encoder_path"], providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(paths["decoder_path"], providers=["CPUExecutionProvider"])
+    assert [i.name for i in enc.get_inputs()] == ["input_image"]
+    assert [o.name for o in enc.get_outputs()] == ["image_embeddings"]
+    assert [i.name for i in dec.get_inputs()] == OFFICIAL_DECODER_INPUTS
+    assert [o.name for o in dec.get_outputs()] == OFFICIAL_DECODER_OUTPUTS
+    feeds = example_decoder_inputs(32, num_points=2, batch=5, seed=4)
+    feeds = {k: feeds[k] for k in OFFICIAL_DECODER_INPUTS}
+    expected_masks, expected_iou = _torch_decode(fuse(tiny), feeds, has_box=True,
+                                                 use_mask=False)
+    masks, iou = dec.run(None, feeds)
+    if single:
+        best = expected_iou.argmax(1)
+        expected_masks = expected_masks[np.arange(5), best][:, None]
+        expected_iou = expected_iou[np.arange(5), best][:, None]
+    assert masks.shape == (5, 1 if single else 4, 256, 256) and iou.shape == (5, masks.shape[1])
+    np.testing.assert_allclose(masks, expected_masks, atol=DECODER_ATOL, rtol=0)
+    np.testing.assert_allclose(iou, expected_iou, atol=1e-4, rtol=0)
+
+
+def test_onnx_predictor_runs_official_names_graphs(tiny, official: dict) -> None:
+    from effvit_sam.predictor import EfficientViTSamPredictor
+
+    image = np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    ref = EfficientViTSamPredictor(tiny)
+    ref.set_image(image)
+    boxes = np.array([[2.0, 3.0, 30.0, 40.0], [10.0, 5.0, 38.0, 20.0], [0.0, 0.0, 20.0, 20.0]])
+    four = onp.OnnxSamPredictor(official[False]["encoder_path"], official[False]["decoder_path"])
+    four.set_image(image)
+    for multimask in (True, False):
+        _, scores, low = four.predict(boxes=boxes, multimask_output=multimask)
+        _, ref_scores, ref_low = ref.predict(boxes=boxes, multimask_output=multimask)
+        np.testing.assert_allclose(low, ref_low, atol=1e-3)
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+    with pytest.raises(ValueError, match="no mask_input"):
+        four.predict(boxes=boxes[0], mask_input=np.zeros((1, 256, 256), np.float32))
+    one = onp.OnnxSamPredictor(official[True]["encoder_path"], official[True]["decoder_path"])
+    one.set_image(image)
+    masks, scores, low = one.predict(boxes=boxes, multimask_output=False)
+    assert masks.shape == (3, 1, 48, 40) and scores.shape == (3, 1)
+    with pytest.raises(ValueError, match="multimask_output=False"):
+        one.predict(boxes=boxes)
+
+
+def test_single_mask_needs_official_names(tiny, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="official_names=True"):
+        export_onnx(tiny, tmp_path, single_mask=True)
 
 
 def test_geometry_numpy_core_matches_torch_functions() -> None:
@@ -222,3 +311,10 @@ def test_cli_writes_both_graphs(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "encoder.onnx").is_file() and (tmp_path / "decoder.onnx").is_file()
     out = capsys.readouterr().out
     assert "decoder_path" in out and "weights: random (--random-weights, seed 0" in out
+    official = tmp_path / "official"
+    assert main(["--model", "tiny", "--random-weights", "--out", str(official), "--no-verify",
+                 "--official-names", "single-mask"]) == 0
+    session = ort.InferenceSession(str(official / "decoder.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == OFFICIAL_DECODER_INPUTS
+    assert session.get_outputs()[0].shape[1] == 1

@@ -56,6 +56,12 @@ class OnnxSamPredictor:
         if not isinstance(size, int):
             raise ValueError(f"{encoder_path} has no fixed input size (got {size!r})")
         self.encoder_size = size
+        self._encoder_input = self.encoder.get_inputs()[0].name
+        # Graphs with the official EfficientViT-SAM export's names take no mask input, and with
+        # its --return-single-mask give one mask per prompt instead of SAM's four.
+        names = [i.name for i in self.decoder.get_inputs()]
+        self._official = "mask_input" not in names
+        self._single_mask = self.decoder.get_outputs()[0].shape[1] == 1
         self.mask_threshold = MASK_THRESHOLD
         self.features: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
@@ -71,7 +77,7 @@ class OnnxSamPredictor:
             raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
         image = np.ascontiguousarray(image)
         x = geometry.preprocess_image_numpy(image, self.encoder_size)
-        self.features = self.encoder.run(None, {"images": x})[0]
+        self.features = self.encoder.run(None, {self._encoder_input: x})[0]
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
         self.input_size = geometry.preprocess_shape(*self.original_size, PROMPT_FRAME)
 
@@ -106,52 +112,57 @@ class OnnxSamPredictor:
         mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)
         if mask is not None and mask.shape[-3:] != (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
             raise ValueError(f"mask_input must be 1 x 256 x 256 logits, got {mask.shape}")
+        if mask is not None and self._official:
+            raise ValueError("this decoder graph (official EfficientViT-SAM names) takes no "
+                             "mask_input")
         batched = (pts is not None and pts.ndim == 3) or (box is not None and box.ndim == 2) \
             or (mask is not None and mask.ndim == 4)
-        if not batched:
-            return self._predict_one(pts, lbl, box, mask, multimask_output, return_logits)
         sizes = {len(a) for a, batch_ndim in ((pts, 3), (box, 2), (mask, 4))
                  if a is not None and a.ndim == batch_ndim}
-        if len(sizes) != 1:
+        if len(sizes) > 1:
             raise ValueError(f"batched prompts disagree on the batch size: {sorted(sizes)}")
-        results = [self._predict_one(
-            None if pts is None else (pts[i] if pts.ndim == 3 else pts),
-            None if lbl is None else (lbl[i] if lbl.ndim == 2 else lbl),
-            None if box is None else (box[i] if box.ndim == 2 else box),
-            None if mask is None else (mask[i] if mask.ndim == 4 else mask),
-            multimask_output, return_logits) for i in range(sizes.pop())]
-        return tuple(np.stack(parts) for parts in zip(*results, strict=True))
+        out = self._decode(pts, lbl, box, mask, sizes.pop() if sizes else 1, multimask_output,
+                           return_logits)
+        return out if batched else tuple(x[0] for x in out)
 
-    def _predict_one(self, pts, lbl, box, mask, multimask_output: bool,
-                     return_logits: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _decode(self, pts, lbl, box, mask, b: int, multimask_output: bool,
+                return_logits: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All B prompt sets in one decoder call; an un-batched prompt is shared by all B."""
         coords, labels = [], []
         if pts is not None:
-            coords.append(pts)
-            labels.append(lbl)
+            n = pts.shape[-2]
+            coords.append(apply_coords(np.broadcast_to(pts, (b, n, 2)), self.original_size))
+            labels.append(np.broadcast_to(lbl, (b, n)))
         if box is not None:
             # A box is two corner points with labels 2 (top-left) and 3 (bottom-right).
-            coords.append(box.reshape(2, 2))
-            labels.append(np.array([2.0, 3.0]))
+            corners = np.broadcast_to(box.reshape(-1, 4), (b, 4)).reshape(b, 2, 2)
+            coords.append(apply_coords(corners, self.original_size))
+            labels.append(np.broadcast_to(np.array([2.0, 3.0]), (b, 2)))
         else:
             # SAM pads point-only prompts with one "not a point" (label -1).
-            coords.append(np.zeros((1, 2)))
-            labels.append(np.array([-1.0]))
-        point_coords = np.concatenate(coords)
-        n_user = len(point_coords) - (0 if box is not None else 1)
-        point_coords[:n_user] = apply_coords(point_coords[:n_user], self.original_size)
+            coords.append(np.zeros((b, 1, 2)))
+            labels.append(-np.ones((b, 1)))
         feeds = {
             "image_embeddings": self.features,
-            "point_coords": point_coords[None].astype(np.float32),
-            "point_labels": np.concatenate(labels)[None].astype(np.float32),
-            "mask_input": np.zeros((1, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), np.float32)
-            if mask is None else mask[None],
-            "has_mask_input": np.array([0.0 if mask is None else 1.0], dtype=np.float32),
+            "point_coords": np.concatenate(coords, 1).astype(np.float32),
+            "point_labels": np.concatenate(labels, 1).astype(np.float32),
         }
+        if not self._official:
+            side = LOW_RES_MASK_SIZE
+            feeds["mask_input"] = np.zeros((1, 1, side, side), np.float32) if mask is None \
+                else np.ascontiguousarray(mask.reshape(-1, 1, side, side))
+            feeds["has_mask_input"] = np.array([0.0 if mask is None else 1.0], np.float32)
         low_res, iou = self.decoder.run(None, feeds)
-        # Mask 0 is the single-mask output, 1..3 the multimask outputs (MaskDecoder.forward).
-        pick = slice(1, None) if multimask_output else slice(0, 1)
-        low_res, iou = low_res[0, pick], iou[0, pick]
-        masks = geometry.postprocess_masks_numpy(low_res, self.input_size, self.original_size)
+        if self._single_mask:
+            if multimask_output:
+                raise ValueError("this decoder graph returns one mask per prompt (exported with "
+                                 "single-mask output): pass multimask_output=False")
+        else:
+            # Mask 0 is the single-mask output, 1..3 the multimask outputs (MaskDecoder.forward).
+            pick = slice(1, None) if multimask_output else slice(0, 1)
+            low_res, iou = low_res[:, pick], iou[:, pick]
+        masks = np.stack([geometry.postprocess_masks_numpy(m, self.input_size,
+                                                           self.original_size) for m in low_res])
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, iou, low_res

@@ -48,6 +48,12 @@ float32 with a stated tolerance in ``tests/test_fastpath.py``:
   ``FastPathOptions.int8()``). Not exact: about 6% relative embedding error and 98-99% mask
   agreement on the reference L0 weights (README; ``effvit-sam fastpath-accuracy`` measures it
   on yours).
+* ``fast_decoder`` - SAM's mask decoder computed for many prompts at once
+  (:class:`effvit_sam.inference.decoder.FastMaskDecoder`): what is the same for every prompt is
+  computed once per image, the image-side attention projections in low rank, the upscaling as
+  GEMMs; same weights and state-dict keys, low-res logits within 1e-3 of ``MaskDecoder`` in
+  float32 (measured ~4e-7). On by default; not combined with ``quantize_decoder``, whose int8
+  ``Linear`` layers it cannot read (that option keeps SAM's decoder, quantised).
 * ``quantize_decoder`` - dynamic int8 quantisation of the mask decoder's ``nn.Linear`` layers
   (CPU only; the encoder has no Linear layers). Changes masks slightly; off by default.
 """
@@ -64,8 +70,14 @@ from torch import nn
 
 from ..modeling import EfficientViTSam
 from .convs import convert_convs
-from .cpu_features import CONV_THRESHOLDS, cpu_choices, detect_cpu_features
+from .cpu_features import (
+    CONV_THRESHOLDS,
+    FAST_DECODER_REASON,
+    cpu_choices,
+    detect_cpu_features,
+)
 from .cpu_memory import keep_freed_memory
+from .decoder import FastMaskDecoder
 from .epilogue import fuse_epilogues, use_compiled_gelu
 from .fuse import fuse
 from .gelu import cxx_compiler_available
@@ -95,6 +107,7 @@ class FastPathOptions:
     int8_encoder: bool = False
     autocast_dtype: torch.dtype | None = None
     quantize_decoder: bool = False
+    fast_decoder: bool = True
 
     def __post_init__(self) -> None:
         if self.autocast_dtype is not None and self.autocast_dtype not in _AUTOCAST_DTYPES:
@@ -158,6 +171,7 @@ class FastPathOptions:
                    fuse_neck="off: a CPU rewrite", compiled_gelu="off: a CPU kernel",
                    keep_freed_memory="off: a CPU allocator setting",
                    int8_encoder="off: CPU only", quantize_decoder="off: CPU only",
+                   fast_decoder=FAST_DECODER_REASON,
                    winograd_min_channels="unused: winograd is off",
                    gemm_min_in_channels="unused: gemm_pointwise is off",
                    freeze_weights="CPU inductor only")
@@ -189,7 +203,7 @@ class FastPathOptions:
     def eager(cls) -> FastPathOptions:
         """Nothing applied: the official float32 computation (for comparisons)."""
         return cls(fold_bn=False, fuse_epilogues=False, channels_last=False, winograd=False,
-                   gemm_pointwise=False, fuse_neck=False)
+                   gemm_pointwise=False, fuse_neck=False, fast_decoder=False)
 
     def with_(self, **changes: object) -> FastPathOptions:
         """A copy with some fields changed; an unknown field raises ``TypeError``."""
@@ -302,8 +316,12 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
             encoder = encoder.to(memory_format=torch.channels_last)
     for p in base.parameters():
         p.requires_grad_(False)
-    decoder = _quantize_linear_int8(base.mask_decoder) if opts.quantize_decoder \
-        else base.mask_decoder
+    if opts.quantize_decoder:
+        decoder = _quantize_linear_int8(base.mask_decoder)
+    elif opts.fast_decoder:
+        decoder = FastMaskDecoder(base.mask_decoder)
+    else:
+        decoder = base.mask_decoder
     log.info("fast path on %s: %s", dev, opts)
     fast = EfficientViTSam(FastImageEncoder(encoder, options=opts), base.prompt_encoder, decoder,
                            config=base.config)

@@ -34,13 +34,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory for the two graphs")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the onnxruntime vs PyTorch check")
+    parser.add_argument("--official-names", nargs="?", const="multimask", default=None,
+                        choices=("multimask", "single-mask"),
+                        help="write the official EfficientViT-SAM export's tensor names and "
+                             "decoder inputs (points only); 'single-mask': the decoder returns "
+                             "the best of the four masks per prompt, as its --return-single-mask")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file, not a directory")
     model, weights = resolve_model(args.model, checkpoint=args.checkpoint,
                                    random_weights=args.random_weights)
     print(weights.description)
-    result = export_onnx(model, args.out, verify=not args.no_verify)
+    result = export_onnx(model, args.out, verify=not args.no_verify,
+                         official_names=args.official_names is not None,
+                         single_mask=args.official_names == "single-mask")
     for key, value in result.items():
         print(f"{key}: {value}")
     return 0

@@ -37,6 +37,7 @@ OPTION_SETS: dict[str, FastPathOptions] = {
     "gemm_pointwise": _E.with_(channels_last=True, gemm_pointwise=True),
     "fuse_neck": _E.with_(channels_last=True, fuse_neck=True),
     "compiled_gelu": _E.with_(fuse_epilogues=True, compiled_gelu=True),
+    "fast_decoder": _E.with_(fast_decoder=True),
     "auto": FastPathOptions.auto("cpu"),
     "compile": FastPathOptions.auto("cpu").with_(compile=True),
     "quantize_decoder": FastPathOptions.auto("cpu").with_(quantize_decoder=True),

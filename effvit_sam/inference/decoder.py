@@ -1,0 +1,278 @@
+"""``FastMaskDecoder``: SAM's ``MaskDecoder`` for many prompts of one image, same outputs.
+
+SAM's decoder copies the image embedding and its positional encoding once per prompt
+(``repeat_interleave``) and runs every projection of the two-way transformer over all 64 x 64
+image tokens of every prompt. With K prompts of one image this module computes the same
+function (low-res logits within 1e-3 in float32, ``tests/test_fast_decoder.py``) as follows:
+
+* **Shared per image, once per call**: image embedding + dense embedding (when no prompt has
+  a mask input the dense embedding is SAM's ``no_mask_embed``, the same for every prompt), its
+  sum with the positional encoding, and the first layer's image-side projections (the keys and
+  values of the token->image attention, the queries of the image->token attention). The first
+  layer's image tokens are the same for every prompt until its image->token attention updates
+  them, so that layer's attentions cost a few token-sized products per prompt.
+* **Low-rank attention algebra** wherever the image tokens ``X`` (``L x C``, ``L = 64 * 64``)
+  differ per prompt (later layers and the final token->image attention), with ``N`` tokens,
+  ``H`` heads, ``Wq, Wk, Wv`` (``Ci x C``), ``Wo`` (``C x Ci``), exact up to rounding:
+
+  - token->image scores ``q_h (X + P)^T Wk_h^T = (q_h Wk_h)(X + P)^T``: the key bias adds a
+    constant per query and drops out of the softmax; values ``A (X Wv_h^T + bv) = (A X) Wv_h^T
+    + bv`` since each softmax row sums to 1. One ``L x C`` by ``C x HN`` product instead of
+    two ``L x C x Ci`` projections (``H N = 56`` against ``2 Ci = 256`` for SAM's decoder).
+  - image->token scores ``((X + P) Wq_h^T + bq_h) k_h^T = (X + P)(Wq_h^T k_h^T) + bq_h k_h^T``
+    and output ``sum_h A_h v_h Wo_h^T + bo = A M`` with ``M_h = v_h Wo_h^T + bo / H`` (each
+    head's softmax rows sum to 1): the image-side projection and ``out_proj`` over ``L``
+    tokens become one ``L x HN`` by ``HN x C`` product, accumulated onto ``X`` (``baddbmm``).
+* **Upscaling as GEMMs on the token-major layout**: each 2x2 stride-2 transposed convolution is
+  one matrix product per pixel; ``LayerNorm2d`` is one ``F.layer_norm``; only the masks that
+  are returned (3 of 4 with ``multimask_output``, else 1) are multiplied with the
+  hypernetwork weights; the pixel shuffle is one permute of the final logits.
+* Prompts go through in chunks of ``chunk_size``, so memory grows with the chunk, not with K;
+  the last layer's image tokens are updated in place (``baddbmm_``).
+
+The module holds the *same* submodules as the decoder it is built from (the same parameter
+objects and state-dict keys, so SAM and official checkpoints load into it unchanged) and reads
+their weights at every call. Inference only: no autograd path is promised.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+from torch import nn
+
+DEFAULT_CHUNK = 32
+"""Prompts decoded together: large enough for big GEMMs, small enough that the temporaries
+(about 20 MB per prompt at 256 channels) stay few (fastest of 8/16/32/64 on a 2-core CPU)."""
+
+
+def _check_structure(decoder: MaskDecoder) -> None:
+    if not isinstance(decoder, MaskDecoder):
+        raise TypeError(f"FastMaskDecoder reads a segment_anything MaskDecoder, got "
+                        f"{type(decoder).__name__}")
+    transformer = decoder.transformer
+    if not isinstance(transformer, TwoWayTransformer) or not all(
+            isinstance(layer, TwoWayAttentionBlock) for layer in transformer.layers):
+        raise TypeError("FastMaskDecoder needs SAM's TwoWayTransformer of TwoWayAttentionBlocks, "
+                        f"got {type(transformer).__name__}")
+    up = list(decoder.output_upscaling)
+    kinds = [nn.ConvTranspose2d, LayerNorm2d, nn.Module, nn.ConvTranspose2d, nn.Module]
+    if len(up) != 5 or not all(isinstance(m, k) for m, k in zip(up, kinds, strict=True)) or any(
+            (m.kernel_size, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+            != ((2, 2), (2, 2), (0, 0), (0, 0), 1, (1, 1)) for m in (up[0], up[3])):
+        raise TypeError("FastMaskDecoder needs SAM's output_upscaling (2x2 stride-2 transposed "
+                        "conv, LayerNorm2d, activation, 2x2 stride-2 transposed conv, activation)")
+
+
+def _linear(attn_proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, attn_proj.weight, attn_proj.bias)
+
+
+class FastMaskDecoder(nn.Module):
+    """SAM's mask decoder computed for many prompts of one image (see the module docstring).
+
+    ``forward`` has ``MaskDecoder.forward``'s signature and outputs: image_embeddings
+    ``1 x C x h x w``, image_pe ``1 x C x h x w``, sparse_prompt_embeddings ``K x T x C``,
+    dense_prompt_embeddings ``K x C x h x w`` (or ``1 x C x h x w``); returns
+    ``(masks K x M x 4h x 4w logits, iou_pred K x M)``, M = 3 with ``multimask_output``, else 1.
+    """
+
+    def __init__(self, mask_decoder: MaskDecoder, *, chunk_size: int = DEFAULT_CHUNK) -> None:
+        super().__init__()
+        _check_structure(mask_decoder)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.transformer_dim = mask_decoder.transformer_dim
+        self.num_multimask_outputs = mask_decoder.num_multimask_outputs
+        self.num_mask_tokens = mask_decoder.num_mask_tokens
+        # The same modules under the same names: state-dict keys equal MaskDecoder's.
+        self.transformer = mask_decoder.transformer
+        self.iou_token = mask_decoder.iou_token
+        self.mask_tokens = mask_decoder.mask_tokens
+        self.output_upscaling = mask_decoder.output_upscaling
+        self.output_hypernetworks_mlps = mask_decoder.output_hypernetworks_mlps
+        self.iou_prediction_head = mask_decoder.iou_prediction_head
+
+    @torch.no_grad()
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = sparse_prompt_embeddings, dense_prompt_embeddings
+        if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
+            raise ValueError("image_embeddings must be 1 x C x h x w (one image, shared by every "
+                             f"prompt), got {tuple(image_embeddings.shape)}")
+        _, c, h, w = image_embeddings.shape
+        k = sparse.shape[0]
+        if sparse.ndim != 3 or sparse.shape[2] != c:
+            raise ValueError(f"sparse_prompt_embeddings must be K x T x {c}, got "
+                             f"{tuple(sparse.shape)}")
+        if tuple(image_pe.shape) != (1, c, h, w) or dense.ndim != 4 or \
+                tuple(dense.shape[1:]) != (c, h, w) or dense.shape[0] not in (1, k):
+            raise ValueError(f"image_pe must be 1 x {c} x {h} x {w} and dense_prompt_embeddings "
+                             f"{k} (or 1) x {c} x {h} x {w}, got {tuple(image_pe.shape)} and "
+                             f"{tuple(dense.shape)}")
+        masks_idx = slice(1, None) if multimask_output else slice(0, 1)
+        pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x L x C, L = h * w
+        image = image_embeddings.flatten(2).transpose(1, 2)
+        # The prompt encoder's no-mask dense embedding is one vector expanded over the batch.
+        shared = dense.shape[0] == 1 or dense.stride(0) == 0
+        first = None
+        if shared:
+            x0 = (image + dense[:1].flatten(2).transpose(1, 2)).contiguous()
+            first = self._first_layer_shared(x0, pe)
+        masks, ious = [], []
+        for start in range(0, k, self.chunk_size):
+            part = slice(start, start + self.chunk_size)
+            x0 = None if shared else (image + dense[part].flatten(2).transpose(1, 2)).contiguous()
+            m, iou = self._decode(sparse[part], x0, pe, first, masks_idx, (h, w))
+            masks.append(m)
+            ious.append(iou)
+        return torch.cat(masks), torch.cat(ious)
+
+    # -- the two-way transformer ----------------------------------------------------------------
+
+    def _first_layer_shared(self, x0: torch.Tensor, pe: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The first layer's image-side work, the same for every prompt (``1 x L x C`` in)."""
+        layer = self.transformer.layers[0]
+        xp = x0 + pe
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        return {"x": x0, "xp": xp, "t2i_k": _linear(t2i.k_proj, xp)[0],
+                "t2i_v": _linear(t2i.v_proj, x0)[0], "i2t_q": _linear(i2t.q_proj, xp)[0]}
+
+    def _decode(self, sparse: torch.Tensor, x0: torch.Tensor | None, pe: torch.Tensor,
+                first: dict[str, torch.Tensor] | None, masks_idx: slice,
+                hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        b = sparse.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        point_pe = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+        queries = point_pe
+        x = x0
+        for i, layer in enumerate(self.transformer.layers):
+            # Token self-attention, on tokens only: SAM's own module.
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(q=queries, k=queries, v=queries)
+            else:
+                q = queries + point_pe
+                queries = queries + layer.self_attn(q=q, k=q, v=queries)
+            queries = layer.norm1(queries)
+            use_shared = i == 0 and first is not None
+            xp = None if use_shared else x + pe
+            q = queries + point_pe
+            if use_shared:
+                attn_out = _t2i_shared_keys(layer.cross_attn_token_to_image, q,
+                                            first["t2i_k"], first["t2i_v"])
+            else:
+                attn_out = _t2i_low_rank(layer.cross_attn_token_to_image, q, x, xp)
+            queries = layer.norm2(queries + attn_out)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            q = queries + point_pe
+            if use_shared:
+                x = _i2t_update(layer.cross_attn_image_to_token, first["x"], None, q, queries,
+                                shared_q=first["i2t_q"])
+            else:
+                # x is the previous layer's norm output, or the caller's when mask inputs differ.
+                x = _i2t_update(layer.cross_attn_image_to_token, x, xp, q, queries,
+                                owns_x=i > 0)
+            x = layer.norm4(x)
+        t = self.transformer
+        attn_out = _t2i_low_rank(t.final_attn_token_to_image, queries + point_pe, x, x + pe)
+        queries = t.norm_final_attn(queries + attn_out)
+        chosen = range(self.num_mask_tokens)[masks_idx]
+        hyper = torch.stack([self.output_hypernetworks_mlps[j](queries[:, 1 + j]) for j in chosen],
+                            dim=1)
+        iou = self.iou_prediction_head(queries[:, 0])[:, masks_idx]
+        return self._upscale_masks(x, hyper, hw), iou
+
+    # -- mask upscaling -------------------------------------------------------------------------
+
+    def _upscale_masks(self, x: torch.Tensor, hyper: torch.Tensor,
+                       hw: tuple[int, int]) -> torch.Tensor:
+        """``B x L x C`` image tokens (row-major ``h x w`` grid) and ``B x M x C/8`` mask weights
+        to ``B x M x 4h x 4w`` logits: SAM's ``output_upscaling`` then ``hyper @ upscaled``."""
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        b, length, c = x.shape
+        h, w = hw
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        # ConvTranspose2d(k=2, s=2): out[o, 2y+i, 2x+j] = sum_c in[c, y, x] W[c, o, i, j] + b[o];
+        # columns ordered (i, j, o) so each output pixel's channels are contiguous.
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
+        y = torch.addmm(conv1.bias.repeat(4), x.reshape(b * length, c), w1)
+        y = act1(F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        y = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # rows (b, y, x, i, j), cols (i2, j2, o)
+        masks = torch.bmm(hyper, y.view(b, length * 16, c2).transpose(1, 2))
+        m = hyper.shape[1]
+        # pixel (y, x, i, j, i2, j2) -> row 4y + 2i + i2, column 4x + 2j + j2
+        masks = masks.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return masks.reshape(b, m, 4 * h, 4 * w)
+
+
+def _heads(attn: Attention) -> tuple[int, int]:
+    return attn.num_heads, attn.internal_dim // attn.num_heads
+
+
+def _t2i_shared_keys(attn: Attention, q_in: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor) -> torch.Tensor:
+    """Token->image attention against keys/values shared by every prompt: ``B x N x C`` queries,
+    ``L x Ci`` projected keys and values; ``B x N x C`` out."""
+    b, n, _ = q_in.shape
+    heads, d = _heads(attn)
+    q = _linear(attn.q_proj, q_in).view(b * n, heads, d).transpose(0, 1)  # H x BN x d
+    k = k.view(-1, heads, d).transpose(0, 1)
+    v = v.view(-1, heads, d).transpose(0, 1)
+    out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d), as SAM's Attention
+    return _linear(attn.out_proj, out.transpose(0, 1).reshape(b, n, heads * d))
+
+
+def _t2i_low_rank(attn: Attention, q_in: torch.Tensor, x: torch.Tensor,
+                  xp: torch.Tensor) -> torch.Tensor:
+    """Token->image attention to per-prompt image tokens ``x`` (``B x L x C``; ``xp = x + pe``)
+    without projecting them: scores ``(q_h Wk_h) xp^T``, values ``(A x) Wv_h^T + bv``."""
+    b, n, c = q_in.shape
+    heads, d = _heads(attn)
+    q = _linear(attn.q_proj, q_in).view(b, n, heads, d)
+    wk = attn.k_proj.weight.view(heads, d, c)
+    qk = torch.einsum("bnhd,hdc->bhnc", q, wk).reshape(b, 1, heads * n, c)
+    # One head of width C and scale 1/sqrt(d): softmax(qk xp^T / sqrt(d)) x.
+    ax = F.scaled_dot_product_attention(qk, xp.unsqueeze(1), x.unsqueeze(1), scale=d ** -0.5)
+    wv = attn.v_proj.weight.view(heads, d, c)
+    out = torch.einsum("bhnc,hdc->bnhd", ax.view(b, heads, n, c), wv).reshape(b, n, heads * d)
+    return _linear(attn.out_proj, out + attn.v_proj.bias)
+
+
+def _i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in: torch.Tensor,
+                v_in: torch.Tensor, *, shared_q: torch.Tensor | None = None,
+                owns_x: bool = False) -> torch.Tensor:
+    """``x + image->token attention`` (before the layer's norm): ``B x L x C`` (or ``1 x L x C``
+    shared) image tokens attend to ``B x N x C`` tokens. ``shared_q``: the ``L x Ci`` projected
+    queries when ``x`` is shared by every prompt, else they come from ``xp`` in low rank.
+    ``owns_x``: ``x`` is a temporary of this decoder that may be overwritten."""
+    b, n, c = v_in.shape
+    heads, d = _heads(attn)
+    k = _linear(attn.k_proj, k_in).view(b, n, heads, d) * d ** -0.5
+    v = _linear(attn.v_proj, v_in).view(b, n, heads, d)
+    # M_h = v_h Wo_h^T + bo / H: the out projection folded into the values (rows of A sum to H).
+    wo = attn.out_proj.weight.view(c, heads, d)
+    m = torch.einsum("bnhd,chd->bhnc", v, wo).reshape(b, heads * n, c) + attn.out_proj.bias / heads
+    # Scores laid out B x H x N x L: the softmax over a head's N tokens then runs along a
+    # contiguous L-long inner dimension (a last-dimension softmax over 7 values is slow).
+    if shared_q is not None:
+        length = shared_q.shape[0]
+        q = shared_q.view(length, heads, d).permute(1, 2, 0)  # H x d x L
+        scores = torch.matmul(k.permute(2, 0, 1, 3).reshape(heads, b * n, d), q)  # H x BN x L
+        a = scores.view(heads, b, n, length).softmax(2).transpose(0, 1)
+        a = a.reshape(b, heads * n, length)
+    else:
+        wq = attn.q_proj.weight.view(heads, d, c)
+        g = torch.einsum("bnhd,hdc->bhnc", k, wq).reshape(b, heads * n, c)
+        bias = torch.einsum("bnhd,hd->bhn", k, attn.q_proj.bias.view(heads, d))
+        scores = torch.baddbmm(bias.reshape(b, heads * n, 1), g, xp.transpose(1, 2))
+        length = scores.shape[2]
+        a = scores.view(b, heads, n, length).softmax(2).view(b, heads * n, length)
+    if x.shape[0] == b and owns_x:  # the old image tokens are not needed again: update in place
+        return x.baddbmm_(a.transpose(1, 2), m)
+    return torch.baddbmm(x.expand(b, -1, -1), a.transpose(1, 2), m)
