@@ -95,7 +95,8 @@ def preprocess_image_numpy(image: np.ndarray, encoder_size: int) -> np.ndarray:
     return out
 
 
-def _is_tensor(x) -> bool:
+def is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch."""
     torch = sys.modules.get("torch")  # no tensor can exist before torch is imported
     return torch is not None and isinstance(x, torch.Tensor)
 
@@ -106,7 +107,7 @@ def apply_coords(coords: np.ndarray | torch.Tensor, original_size: tuple[int, in
     old_h, old_w = original_size
     new_h, new_w = preprocess_shape(old_h, old_w, long_side)
     scale = (new_w / old_w, new_h / old_h)
-    if _is_tensor(coords):
+    if is_tensor(coords):
         import torch
 
         return coords.float() * torch.tensor(scale, dtype=torch.float32, device=coords.device)

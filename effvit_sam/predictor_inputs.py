@@ -1,5 +1,8 @@
 """Validation of the predictor's user input: images and prompts in the original frame.
 
+Torch-free (a tensor is recognised without importing torch), so the onnxruntime predictor
+validates with the same functions as the PyTorch one.
+
 Every check raises a :class:`ValueError` or :class:`TypeError` that names the argument and the
 problem, so a bad prompt never reaches the model as a silent wrong answer.
 
@@ -27,10 +30,9 @@ Rules (documented here once, referenced by the predictor's docstrings):
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .geometry import LOW_RES_MASK_SIZE
+from .geometry import LOW_RES_MASK_SIZE, is_tensor
 
 BORDER_TOLERANCE = 1.0
 """How far (pixels) a point or box corner may lie outside ``[0, W] x [0, H]``."""
@@ -49,7 +51,7 @@ def as_rgb_image(image: np.ndarray | Image.Image, image_format: str = "RGB") -> 
         if image.width == 0 or image.height == 0:
             raise ValueError(f"image is empty ({image.height}x{image.width})")
         return np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
+    if is_tensor(image):
         raise TypeError("set_image takes a numpy H x W x 3 uint8 array or a PIL image; for a "
                         "preprocessed tensor use set_torch_image")
     if not isinstance(image, np.ndarray):
@@ -81,7 +83,7 @@ def as_flag(value, name: str) -> bool:
 
 def to_numpy(value, name: str, dtype=np.float64) -> np.ndarray:
     """A numpy array from a numpy array, a torch tensor or a (nested) list; else TypeError."""
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         value = value.detach().cpu().numpy()
     elif isinstance(value, (list, tuple)):
         value = np.asarray(value)

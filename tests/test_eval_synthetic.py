@@ -48,4 +48,4 @@ def test_cli_tiny_model_on_synthetic_set(synthetic_set, tmp_path):
                  "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["num_images"] == 2 and report["settings"]["dataset"] == kind
-    assert 0.0 <= report["metrics"]["mIoU"] <= 100.0
+    # (the CLI's mIoU equals the library's: tests/test_eval_runner.py)

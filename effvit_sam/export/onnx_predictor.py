@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import geometry
 from ..geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
+from ..predictor_inputs import as_boxes, as_flag, as_mask_input, as_points, as_rgb_image
 
 MASK_THRESHOLD = 0.0
 
@@ -67,15 +68,11 @@ class OnnxSamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Encode one ``H x W x 3`` uint8 RGB image (``H x W`` grayscale is replicated)."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            raise TypeError("image must be a uint8 numpy array (H x W x 3, RGB)")
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
-        image = np.ascontiguousarray(image)
+    def set_image(self, image, image_format: str = "RGB") -> None:
+        """Encode one image, with the PyTorch predictor's rules
+        (:func:`effvit_sam.predictor_inputs.as_rgb_image`: ``H x W x 3`` uint8 or PIL; greyscale
+        replicated, alpha dropped, ``image_format="BGR"`` for OpenCV arrays)."""
+        image = as_rgb_image(image, image_format)
         x = geometry.preprocess_image_numpy(image, self.encoder_size)
         self.features = self.encoder.run(None, {self._encoder_input: x})[0]
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
@@ -98,20 +95,18 @@ class OnnxSamPredictor:
             raise ValueError("give at least one prompt: points, boxes or mask_input")
         if points is None and labels is not None:
             raise ValueError("labels given without points")
-        pts = None if points is None else np.asarray(points, dtype=np.float64)
-        lbl = None
-        if pts is not None:
-            if pts.ndim not in (2, 3) or pts.shape[-1] != 2:
-                raise ValueError(f"points must be N x 2 or B x N x 2, got shape {pts.shape}")
-            lbl = np.ones(pts.shape[:-1]) if labels is None else np.asarray(labels, np.float64)
-            if lbl.shape != pts.shape[:-1] or not np.isin(lbl, (0, 1)).all():
-                raise ValueError(f"labels must be 0/1 with shape {pts.shape[:-1]}, got {lbl}")
-        box = None if boxes is None else np.asarray(boxes, dtype=np.float64)
-        if box is not None and (box.shape[-1] != 4 or box.ndim not in (1, 2)):
-            raise ValueError(f"boxes must be 4 or B x 4 XYXY, got shape {box.shape}")
-        mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)
-        if mask is not None and mask.shape[-3:] != (1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE):
-            raise ValueError(f"mask_input must be 1 x 256 x 256 logits, got {mask.shape}")
+        multimask_output = as_flag(multimask_output, "multimask_output")
+        return_logits = as_flag(return_logits, "return_logits")
+        # the PyTorch predictor's validation: shapes, finite values, inside the image
+        pts = lbl = box = mask = None
+        if points is not None:
+            pts, lbl = as_points(points, labels, self.original_size)
+            lbl = lbl.astype(np.float64)
+        if boxes is not None:
+            box = as_boxes(boxes, self.original_size)
+        if mask_input is not None:
+            mask, batched_mask = as_mask_input(mask_input)
+            mask = mask if batched_mask else mask[0]
         if mask is not None and self._official:
             raise ValueError("this decoder graph (official EfficientViT-SAM names) takes no "
                              "mask_input")
