@@ -4,8 +4,9 @@
 ``model.init`` and ``model.decoder_from`` each take a ``save_pretrained`` folder (a previous
 run's ``pretrained/`` or ``pretrained_best/``), a weights file (``.safetensors``/``.pt``,
 official ones included) or a training ``checkpoint.pt``; ``model.init`` also takes a registry
-name (``efficientvit-sam-l0``), resolved with :func:`effvit_sam.build.from_pretrained` (the
-official weights, from the Hugging Face cache or the hub). Loading is strict (every key, every
+name (``efficientvit-sam-l0``, ``efficientvit-sam-mini``), resolved by the package's one weight
+policy, :func:`effvit_sam.weights.resolve_model` (the official weights from the Hugging Face
+cache or the hub, else the bundled model of that name). Loading is strict (every key, every
 shape) and refuses NaN/inf weights, so a run never starts from weights it did not ask for.
 """
 
@@ -14,10 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from effvit_sam import build_sam
-from effvit_sam.build import from_pretrained
 from effvit_sam.checkpoint import WEIGHTS_NAME, CheckpointError, load_checkpoint, read_state_dict
 from effvit_sam.configs import resolve_name
+from effvit_sam.errors import UserError
 from effvit_sam.modeling import EfficientViTSam
+from effvit_sam.weights import resolve_model
 
 from .config import ModelConfig
 
@@ -55,8 +57,8 @@ def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.in
         raise CheckpointError(f"{what} {path} names the weights of {name}, but model.name is "
                               f"{model.config.name}: set model.name={name}")
     try:
-        source = from_pretrained(name)
-    except (FileNotFoundError, CheckpointError) as err:
+        source, _ = resolve_model(name, allow_download=True)
+    except UserError as err:
         raise CheckpointError(f"{what} {path}: {err}") from None
     try:
         load_checkpoint(model, source.state_dict())

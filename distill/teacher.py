@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from effvit_sam import build_sam
-from effvit_sam.build import from_pretrained
-from effvit_sam.checkpoint import load_checkpoint, read_state_dict
+from effvit_sam.checkpoint import read_state_dict
 from effvit_sam.geometry import preprocess_image
 
 from .config import ConfigError, TeacherConfig
@@ -70,12 +69,15 @@ def _sam_vit(name: str, checkpoint: str | None) -> tuple[nn.Module, int]:
 
 
 def _efficientvit(name: str, checkpoint: str | None) -> tuple[nn.Module, int]:
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        model = from_pretrained(checkpoint)
-    else:
+    """An EfficientViT-SAM teacher: random (``checkpoint`` None: smoke runs, seeded by the
+    caller) or through the package's one weight policy (a weights file or a save_pretrained
+    folder, strictly; a folder of another variant is an error)."""
+    from effvit_sam.weights import resolve_model
+
+    if checkpoint is None:
         model = build_sam(name)
-        if checkpoint is not None:
-            load_checkpoint(model, checkpoint)
+    else:
+        model, _ = resolve_model(name, checkpoint=checkpoint)
     return model.image_encoder, model.encoder_size
 
 

@@ -260,7 +260,7 @@ def test_missing_validation_file_is_a_user_error_naming_the_key(shards, tmp_path
 
 
 def test_model_init_takes_a_registry_name(monkeypatch) -> None:
-    with pytest.raises(CheckpointError, match="efficientvit-sam-tiny has no released checkpoint"):
+    with pytest.raises(CheckpointError, match="model.init efficientvit-sam-tiny: "):
         build_model(ModelConfig(name="efficientvit-sam-tiny", init="efficientvit-sam-tiny"))
     with pytest.raises(CheckpointError, match="names the weights of efficientvit-sam-l0, but "
                                               "model.name is efficientvit-sam-tiny"):
@@ -268,8 +268,8 @@ def test_model_init_takes_a_registry_name(monkeypatch) -> None:
     torch.manual_seed(3)
     released = build_sam("efficientvit-sam-tiny")
     asked = []
-    monkeypatch.setattr(distill.init, "from_pretrained", lambda name: asked.append(name)
-                        or released)
+    monkeypatch.setattr(distill.init, "resolve_model",
+                        lambda name, **kw: asked.append(name) or (released, None))
     model = build_model(ModelConfig(name="efficientvit-sam-tiny", init="tiny"))
     assert asked == ["efficientvit-sam-tiny"]
     assert _same(model.state_dict(), released.state_dict())
