@@ -15,7 +15,7 @@ from .errors import run_command
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "segment": ("effvit_sam.tools.segment", "main",
                 "segment an image from points/boxes, or everything"),
-    "segment-tiled": ("effvit_sam.tools.segment_tiled", "main",
+    "segment-tiled": ("effvit_sam.tools.segment", "tiled_main",
                       "segment a huge image (TIFF/BigTIFF) at native resolution, tile by tile"),
     "make-wafer": ("distill.wafer", "main",
                    "write a made wafer image (tiled BigTIFF) with COCO ground truth"),

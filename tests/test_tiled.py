@@ -24,7 +24,7 @@ from effvit_sam.tiled_everything import AutomaticTileSegmenter, TiledMaskGenerat
 from effvit_sam.tiled_masks import CroppedMask
 from effvit_sam.tiled_source import TiffSource, open_source, read_reduced
 from effvit_sam.tools.bench_tiled import GroundTruthSegmenter
-from effvit_sam.tools.segment_tiled import main as segment_tiled
+from effvit_sam.tools.segment import tiled_main as segment_tiled
 
 TILE, OVERLAP = 256, 32
 TINY = ["--model", "efficientvit-sam-tiny", "--random-weights", "--no-fast"]

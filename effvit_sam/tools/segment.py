@@ -230,3 +230,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_tiled(args)
     return run(args)
+
+
+def tiled_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``effvit-sam segment-tiled``: ``segment`` in tiled mode, with ``--tile``
+    defaulting to the model's encoder input (:mod:`effvit_sam.tools.segment_tiled`)."""
+    from .segment_tiled import PROG, run_tiled
+
+    parser = build_parser()
+    parser.prog = PROG
+    return run_tiled(parser.parse_args(argv))

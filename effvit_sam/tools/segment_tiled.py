@@ -55,15 +55,6 @@ def add_tiled_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .segment import build_parser as segment_parser
-
-    parser = segment_parser()  # segment's options, the tiled ones included
-    parser.prog = PROG
-    parser.description = __doc__.split("\n\n")[0]
-    return parser
-
-
 def _prompts(args: argparse.Namespace) -> list[dict]:
     prompts = []
     for x, y, label in args.point:
@@ -183,8 +174,3 @@ def _run(args: argparse.Namespace, source, output: Path, fmt: str) -> int:
     print(f"{len(records)} masks; overview (1/{factor} scale) written to {output}"
           + (f", masks to {args.json}" if args.json else ""))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``effvit-sam segment-tiled``; user errors raise :class:`UserError`."""
-    return run_tiled(build_parser().parse_args(argv))
