@@ -53,3 +53,13 @@ def parity_fixture(variant: str) -> dict:
 def tiny_model():
     """A randomly initialised few-MFLOP model of the real structure, in eval mode."""
     return build_sam("efficientvit-sam-tiny").eval()
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for the training tests: faster on a shared 2-core box, and the same
+    in the subprocesses they start. Opt in with ``pytestmark = pytest.mark.usefixtures``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,13 +30,7 @@ from effvit_sam.cli import main as cli_main
 from effvit_sam.errors import UserError
 from effvit_sam.modeling import EfficientViTSam
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ def _metrics(out_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: faster on a shared 2-core box, and the same in the subprocesses."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ from effvit_sam import build_sam
 from effvit_sam.checkpoint import CheckpointError, read_state_dict, save_pretrained
 from effvit_sam.cli import main as cli_main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
