@@ -60,6 +60,8 @@ def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = 
     An official name (``"efficientvit-sam-l0"`` / ``"l0"``) fetches the official file from the
     ``mit-han-lab/efficientvit-sam`` hub repo through ``huggingface_hub`` (or finds it in the local
     Hugging Face cache); without a network it raises a message saying where to put the file.
+    This package's own models (``"efficientvit-sam-mini"``) load from the copy shipped inside
+    the package (``effvit_sam/bundled/``), with no network.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -77,8 +79,14 @@ def from_pretrained(name_or_path: str | Path, *, cache_dir: str | Path | None = 
 
     if name is not None:
         hub_file = MODEL_CONFIGS[name].hub_file
-        if hub_file is None:
-            raise CheckpointError(f"{name} has no released checkpoint")
+        if hub_file is None:  # this package's own models: the one shipped with it, if any
+            from .weights import bundled_dir  # (weights builds on this module)
+
+            folder = bundled_dir(name)
+            if folder is None:
+                raise CheckpointError(f"{name} has no released checkpoint and none is bundled "
+                                      "with this installation")
+            return _from_directory(folder)
         try:
             file = hf_hub_download(HUB_REPO_ID, hub_file, cache_dir=cache_dir,
                                    local_files_only=local_files_only)
