@@ -23,7 +23,7 @@ from distill.synthetic_writers import write_sa1b_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXPECTED = {"step": 3,
-            "samples": {"shard_error": 0, "missing_member": 0, "bad_image": 1, "bad_json": 0,
+            "samples": {"shard_error": 0, "missing_member": 0, "bad_image": 2, "bad_json": 0,
                         "no_annotations": 0, "size_mismatch": 0},
             "annotations": {"bad_rle": 1}}
 
@@ -36,8 +36,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def dirty_shard(tmp_path_factory) -> str:
-    """Three good samples with, after the first, one whose jpg is garbage and, in the second,
-    an extra annotation whose RLE is too short for its size (``"counts": "0"``)."""
+    """Three good samples with, after the first and after the last, one whose jpg is garbage
+    and, in the second, an extra annotation whose RLE is too short for its size
+    (``"counts": "0"``)."""
     made = write_sa1b_shards(tmp_path_factory.mktemp("made"), num_shards=1, images_per_shard=3,
                              seed=0, image_size=64)[0]
     members: dict[str, dict[str, bytes]] = {}
@@ -57,9 +58,9 @@ def dirty_shard(tmp_path_factory) -> str:
         for i, stem in enumerate(stems):
             for ext in ("jpg", "json"):
                 _add(tar, f"{stem}.{ext}", members[stem][ext])
-            if i == 0:
-                _add(tar, "sa_901.jpg", b"not a jpeg")
-                _add(tar, "sa_901.json", members[stem]["json"])
+            if i in (0, 2):
+                _add(tar, f"sa_90{i}.jpg", b"not a jpeg")
+                _add(tar, f"sa_90{i}.json", members[stem]["json"])
     return str(path)
 
 
@@ -82,14 +83,15 @@ def test_skip_totals_are_logged_each_log_step_and_written_to_skips_json(dirty_sh
         run(_cfg(dirty_shard, out))
     lines = _step_lines(caplog)
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
-    assert lines[0].endswith("| data skipped: none")
-    # the corrupt jpg is read (and skipped) before the second good sample, which carries the
-    # short RLE: both are in step 2's batch's counts
+    # a sample is passed on once the next one is decoded, with the counts read by then: the
+    # first carries the corrupt jpg after it and the second's short RLE; the last, the corrupt
+    # jpg at the end of the shard (read after it, before the stream ends)
+    assert lines[0].endswith("| data skipped: bad_image=1 bad_rle=1")
     assert lines[1].endswith("| data skipped: bad_image=1 bad_rle=1")
-    assert lines[2].endswith("| data skipped: bad_image=1 bad_rle=1")
+    assert lines[2].endswith("| data skipped: bad_image=2 bad_rle=1")
     final = [r for r in caplog.records if r.getMessage().startswith("data skipped over the run")]
     assert len(final) == 1 and final[0].levelno == logging.WARNING
-    assert final[0].getMessage() == (f"data skipped over the run (all ranks): bad_image=1 "
+    assert final[0].getMessage() == (f"data skipped over the run (all ranks): bad_image=2 "
                                      f"bad_rle=1 (see {out / 'skips.json'})")
     assert json.loads((out / "skips.json").read_text()) == EXPECTED
 
