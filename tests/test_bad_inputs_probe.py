@@ -28,6 +28,7 @@ def workdir(tmp_path_factory):
     t = tmp_path_factory.mktemp("probe")
     probe_files._images(t)  # the pictures and run files only: the cases here need no more
     probe_files._runs(t)
+    (t / "folder").mkdir()
     (t / "shards").mkdir()
     (t / "shards" / "sa_000000.tar").touch()  # exists: the checks after it are reached
     return t
@@ -112,6 +113,8 @@ FIXED = {  # probe cases that were poor or wrong before this round, with their a
                                                 "nowhere/sa_000000.tar: no such file",
     "embed-mse, missing teacher": "embed-mse: error: --teacher nope: no weights file or "
                                   "save_pretrained folder",
+    "--output that is a folder": "eval: error: --output folder is a folder: give the report's "
+                                 "file path, e.g. report.json",
     "python -m distill, unknown command": "python -m distill: error: unknown command 'train'; "
                                           "commands: distill, finetune, cache-teacher",
 }
