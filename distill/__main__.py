@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m distill {{{'|'.join(COMMANDS)}}} ...", file=sys.stderr)
+        if argv:
+            print(f"python -m distill: error: unknown command {argv[0]!r}; commands: "
+                  f"{', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return run_command(f"python -m distill {argv[0]}", COMMANDS[argv[0]], argv[1:])

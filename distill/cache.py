@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from effvit_sam.errors import UserError
 from effvit_sam.geometry import preprocess_image
 from effvit_sam.io import atomic_write
 
@@ -28,6 +29,22 @@ from .teacher import Teacher
 log = logging.getLogger(__name__)
 EMBED_FIELD = "emb.npy"
 MANIFEST = "cache.json"
+
+
+def checked_shards(pattern: str, what: str) -> list[str]:
+    """:func:`expand_urls`, refusing a pattern of local paths none of which is a file (a typo
+    would otherwise read as corrupt data: every shard skipped, no sample); missing ones among
+    existing ones are logged and left to the reader, which skips and counts them."""
+    urls = expand_urls(pattern)
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).is_file()]
+    if missing and len(missing) == len(urls):
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise UserError(f"{what} {pattern}: no such file: {missing[0]}{more}")
+    if missing:
+        log.warning("%s: %d of %d shards are missing (first: %s)", what, len(missing), len(urls),
+                    missing[0])
+    return urls
 
 
 def expand_urls(pattern: str) -> list[str]:

@@ -68,7 +68,7 @@ def cache_teacher_main(argv: list[str]) -> int:
     share of the shards."""
     import torch
 
-    from .cache import cache_teacher, expand_urls
+    from .cache import cache_teacher, checked_shards
     from .teacher import build_teacher
 
     parser = argparse.ArgumentParser(prog="effvit-sam cache-teacher",
@@ -86,6 +86,13 @@ def cache_teacher_main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.kind == "sam" and not args.checkpoint and not args.random_init:
+        raise UserError(f"--kind sam needs --checkpoint (the SAM {args.name} weights file); "
+                        "--random-init is for smoke runs only")
+    _check_out_dir(args.out)
+    shards = checked_shards(args.shards, "--shards")
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     device = args.device
@@ -95,7 +102,6 @@ def cache_teacher_main(argv: list[str]) -> int:
                                           checkpoint=args.checkpoint,
                                           random_init=args.random_init),
                             device=device, seed=args.seed)
-    shards = expand_urls(args.shards)
     counts = cache_teacher(teacher, shards, args.out, batch_size=args.batch_size, rank=rank,
                            world_size=world)
     log.info("rank %d cached %d samples from %d shards (%d bad samples skipped) into %s",
@@ -117,7 +123,7 @@ def embed_mse_main(argv: list[str]) -> int:
     from effvit_sam import build_sam
     from effvit_sam.io import atomic_write
 
-    from .cache import expand_urls
+    from .cache import checked_shards
     from .evaluate import embedding_mse
     from .init import load_init
     from .sa1b import collate_sa1b, sa1b_dataset
@@ -155,9 +161,11 @@ def embed_mse_main(argv: list[str]) -> int:
     else:
         model = build_sam(args.student_model)
         load_init(model, args.student, what="--student")
+    if not Path(args.teacher).exists():
+        raise UserError(f"--teacher {args.teacher}: no weights file or save_pretrained folder")
     teacher = build_teacher(TeacherConfig(kind=args.teacher_kind, name=args.teacher_name,
                                           checkpoint=args.teacher))
-    dataset = sa1b_dataset(expand_urls(args.shards), encoder_size=model.encoder_size,
+    dataset = sa1b_dataset(checked_shards(args.shards, "--shards"), encoder_size=model.encoder_size,
                            max_masks=1, keep_raw=True)
     samples = []
     for sample in dataset:
@@ -176,6 +184,11 @@ def embed_mse_main(argv: list[str]) -> int:
         text = json.dumps(result, indent=2) + "\n"
         atomic_write(args.output, lambda tmp: Path(tmp).write_text(text))
     return 0
+
+
+def _check_out_dir(out: str) -> None:
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
 
 
 def _positive(text: str) -> int:
@@ -225,6 +238,7 @@ def make_shards_main(argv: list[str]) -> int:
                         help="long side of each image in pixels (aspect ratio varies)")
     args = parser.parse_args(argv)
     _check_scene_args(args.seed, args.image_size)
+    _check_out_dir(args.out)
     paths = write_sa1b_shards(args.out, num_shards=args.num_shards,
                               images_per_shard=args.images_per_shard, seed=args.seed,
                               image_size=args.image_size)
@@ -247,6 +261,7 @@ def make_eval_set_main(argv: list[str]) -> int:
     parser.add_argument("--format", choices=("coco", "lvis"), default="coco")
     args = parser.parse_args(argv)
     _check_scene_args(args.seed, args.image_size)
+    _check_out_dir(args.out)
     path = write_eval_set(args.out, num_images=args.num_images, seed=args.seed,
                           image_size=args.image_size, fmt=args.format)
     print(f"wrote {path} (images in {path.parent.parent / 'images'})")

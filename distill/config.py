@@ -171,8 +171,15 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
+        from effvit_sam.configs import resolve_name
+
+        try:
+            resolve_name(self.model.name)
+        except KeyError as err:
+            raise ConfigError(f"model.name: {err.args[0]}") from None
         checks = [
             (self.phase in (1, 2), f"phase must be 1 or 2, got {self.phase}"),
+            (self.train.lr > 0, f"train.lr must be positive, got {self.train.lr}"),
             (self.train.embed_loss in EMBED_LOSSES,
              f"train.embed_loss must be one of {EMBED_LOSSES}"),
             (self.train.mask_loss in MASK_LOSSES, f"train.mask_loss must be one of {MASK_LOSSES}"),

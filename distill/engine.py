@@ -46,6 +46,7 @@ from .run_dir import (
     PRETRAINED_DIR,
     prepare_out_dir,
 )
+from .skip_log import RunSkips, describe
 from .train_checkpoint import nonfinite_state, read_checkpoint, save_checkpoint
 from .validate import Validator
 
@@ -87,15 +88,18 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def batch_stream(make_loader: Callable[[int], Iterable[dict]], *, skip: int) -> Iterator[dict]:
+def batch_stream(make_loader: Callable[[int], Iterable[dict]], *, skip: int,
+                 on_batch: Callable[[dict], None] | None = None) -> Iterator[dict]:
     """Endless batches, epoch after epoch (loader ``epoch`` 0, 1, ...), the first ``skip``
-    dropped (replay for resume)."""
+    dropped (replay for resume); ``on_batch`` sees every batch, dropped ones included."""
     epoch, seen = 0, 0
     while True:
         produced = 0
         for batch in make_loader(epoch):
             produced += 1
             seen += 1
+            if on_batch is not None:
+                on_batch(batch)
             if seen > skip:
                 yield batch
         if produced == 0:
@@ -168,13 +172,14 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
     (a training checkpoint to continue) or ``overwrite`` (start again) is given. Writes
     ``config.yaml``, ``metrics.csv`` (a row per step: ``lr``, ``loss`` and its parts,
     ``grad_norm``, ``skipped``), ``checkpoint.pt`` (every ``run.save_every`` steps and at the
-    end), ``loss.png`` and a ``save_pretrained`` folder of the model. With ``train.freeze`` the
-    named parts stay fixed (no gradient, not in the optimizer, eval mode); ``train.part_lr``
-    scales a part's learning rate. With ``eval.annotations`` the model is validated
-    (:class:`~distill.validate.Validator`): the figures go into the evaluated steps' rows, the
-    best weights into ``pretrained_best/``, the best so far into the checkpoint, and after
-    ``eval.early_stop_patience`` evaluations without a new best the run checkpoints, saves
-    ``pretrained/`` and stops (a normal end).
+    end), ``loss.png``, ``skips.json`` (the SA-1B reader's skipped samples and annotations,
+    all ranks, :mod:`distill.skip_log`; also on each log step's line) and a ``save_pretrained``
+    folder of the model. With ``train.freeze`` the named parts stay fixed (no gradient, not in
+    the optimizer, eval mode); ``train.part_lr`` scales a part's learning rate. With
+    ``eval.annotations`` the model is validated (:class:`~distill.validate.Validator`): the
+    figures go into the evaluated steps' rows, the best weights into ``pretrained_best/``, the
+    best so far into the checkpoint, and after ``eval.early_stop_patience`` evaluations without
+    a new best the run checkpoints, saves ``pretrained/`` and stops (a normal end).
 
     A step whose loss or gradient norm is NaN/inf on any rank is skipped on every rank: no
     weight, optimizer or buffer (BatchNorm statistics) update, but it consumes its batch and
@@ -231,18 +236,22 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
     metrics = MetricsLog(out_dir, tensorboard=cfg.run.tensorboard, resume_step=step) if main \
         else None
     accum = cfg.train.grad_accum
-    batches = batch_stream(task.make_loader, skip=step * accum)
+    skips = RunSkips()  # the data reader's skip counts, summed over ranks at each log step
+    batches = batch_stream(task.make_loader, skip=step * accum, on_batch=skips.update)
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not main, desc=f"phase {cfg.phase}")
     pending: list[dict] = []  # this rank's rows since the last flush, values on the device
     streak = skipped = 0  # non-finite steps in a row / in this process's part of the run
 
     def write_rows() -> None:
         rows = _flush(pending, accelerator)
+        totals = skips.gather(accelerator)  # a collective too, at the same steps on every rank
         if main and rows:
             metrics.add(rows)
+            skips.write(out_dir, rows[-1]["step"])
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4g}")
-            log.info("step %d/%d %s", rows[-1]["step"], cfg.train.steps,
-                     " ".join(f"{k}={v:.4g}" for k, v in rows[-1].items() if k != "step"))
+            log.info("step %d/%d %s%s", rows[-1]["step"], cfg.train.steps,
+                     " ".join(f"{k}={v:.4g}" for k, v in rows[-1].items() if k != "step"),
+                     "" if totals is None else f" | data skipped: {describe(totals)}")
 
     def diverged(why: str) -> DivergedError:
         write_rows()
@@ -356,6 +365,7 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
         log.warning("%d non-finite steps were skipped (see the 'skipped' column of %s)",
                     skipped, METRICS_NAME)
     if main:
+        skips.log_final(out_dir)
         metrics.close()
         save_pretrained(task.model, out_dir / PRETRAINED_DIR)
         from .plots import plot_loss_curves

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .cache import cached_dataset, collate_cached, expand_urls
+from .cache import cached_dataset, checked_shards, collate_cached, expand_urls
 from .config import Config
 from .engine import Task
 from .init import build_model
@@ -77,6 +77,10 @@ def phase1_task(cfg: Config, accelerator) -> Task:
     """The student (:func:`~distill.init.build_model`), its encoder's distillation step and the
     loader; a live teacher on the accelerator's device unless ``data.cache`` is set."""
     model = build_model(cfg.model)
+    if cfg.data.cache:
+        checked_shards(cfg.data.cache, "data.cache")  # a typo fails here, not as "no batch"
+    else:
+        checked_shards(cfg.data.shards, "data.shards")
     teacher_fn = None
     if not cfg.data.cache:
         teacher = build_teacher(cfg.teacher, device=accelerator.device, seed=cfg.train.seed)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from effvit_sam.modeling import EfficientViTSam
 
-from .cache import expand_urls
+from .cache import checked_shards, expand_urls
 from .config import Config, PromptConfig
 from .engine import Task
 from .init import build_model
@@ -126,6 +126,7 @@ def make_phase2_loader(cfg: Config, *, encoder_size: int, epoch: int,
 def phase2_task(cfg: Config, accelerator) -> Task:
     """The whole model (:func:`~distill.init.build_model`), its fine-tuning step and the loader."""
     model = build_model(cfg.model)
+    checked_shards(cfg.data.shards, "data.shards")  # a typo fails here, not as "no batch"
     step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss,
                         focal_weight=cfg.train.focal_weight, dice_weight=cfg.train.dice_weight)
     return Task(model=model, step_module=step,

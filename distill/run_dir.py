@@ -25,9 +25,10 @@ LOSS_PLOT_NAME = "loss.png"
 PRETRAINED_DIR = "pretrained"
 PRETRAINED_BEST_DIR = "pretrained_best"
 TENSORBOARD_DIR = "tensorboard"
+SKIPS_NAME = "skips.json"
 KEYS_GLOB = "keys-rank*.txt"
 RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, LOSS_PLOT_NAME, PRETRAINED_DIR,
-             PRETRAINED_BEST_DIR, TENSORBOARD_DIR)
+             PRETRAINED_BEST_DIR, TENSORBOARD_DIR, SKIPS_NAME)
 """Everything a run writes into ``run.out_dir``, besides ``keys-rank*.txt`` (``run.log_keys``)."""
 
 

@@ -51,15 +51,16 @@ from effvit_sam.geometry import (
 )
 from effvit_sam.masks import rle_to_box_xywh, rles_to_masks, validate_rle
 
+from .skip_log import (  # noqa: F401  (the reader's skip vocabulary, also public here)
+    ANNOTATION_SKIP_REASONS,
+    COUNTED_REASONS,
+    SKIP_REASONS,
+    SkipStats,
+    stamped_last,
+)
+
 logger = logging.getLogger(__name__)
 
-SKIP_REASONS = ("shard_error", "missing_member", "bad_image", "bad_json", "no_annotations",
-                "size_mismatch")
-"""Why a sample can be skipped (counts of samples)."""
-ANNOTATION_SKIP_REASONS = ("bad_rle",)
-"""Why one annotation of a kept or skipped sample can be passed over (counts of annotations).
-Every ``skip_counts`` dict has the keys of both tuples."""
-COUNTED_REASONS = SKIP_REASONS + ANNOTATION_SKIP_REASONS
 
 MASK_CHUNK = 8  # masks reduced to low-res at a time: bounds memory on 1500 x 2250 photos
 RESAMPLED_PASS = 32  # shard draws per resampled pass (the unit of the empty-data check)
@@ -72,34 +73,6 @@ class SkipSample(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-
-
-class SkipStats:
-    """Totals of skipped samples across all (rank, worker) streams, read from the samples.
-
-    Counters in DataLoader worker processes never reach the main process, so every sample
-    carries its stream's running counts; feed samples or collated batches to :meth:`update` and
-    read :attr:`totals`. Skips after a stream's last sample are only in the log.
-    """
-
-    def __init__(self) -> None:
-        self._latest: dict[str, Counter] = {}
-
-    def update(self, sample_or_batch: dict) -> None:
-        streams, counts = sample_or_batch["stream_id"], sample_or_batch["skip_counts"]
-        if isinstance(streams, str):
-            streams, counts = [streams], [counts]
-        for stream, count in zip(streams, counts, strict=True):
-            latest = self._latest.setdefault(stream, Counter())
-            for reason, n in count.items():  # running counts only grow within a stream
-                latest[reason] = max(latest[reason], n)
-
-    @property
-    def totals(self) -> dict[str, int]:
-        total = Counter({reason: 0 for reason in COUNTED_REASONS})
-        for latest in self._latest.values():
-            total.update(latest)
-        return dict(total)
 
 
 def _expand(urls: str | list[str]) -> list[str]:
@@ -296,13 +269,16 @@ class SA1BDataset(IterableDataset):
         return shards, stride, offset, quota, worker
 
     def __iter__(self) -> Iterator[dict]:
+        counts = Counter({reason: 0 for reason in COUNTED_REASONS})
+        yield from stamped_last(self._stream(counts), counts)
+
+    def _stream(self, counts: Counter) -> Iterator[dict]:
         shards, stride, offset, quota, worker = self._stream_plan()
         # Streams that split samples by stride must read the same shard sequence; streams with
         # their own shards draw their own.
         order_rng = random.Random(_stable_seed(self.seed, self.epoch, self.rank,
                                                worker if stride == 1 else "all"))
         shuffle_rng = random.Random(_stable_seed(self.seed, self.epoch, self.rank, worker))
-        counts = Counter({reason: 0 for reason in COUNTED_REASONS})
         stream_id = uuid.uuid4().hex  # identifies this stream's running counts, not data
         produced, empty_passes = 0, 0
         while quota != 0:
@@ -317,8 +293,7 @@ class SA1BDataset(IterableDataset):
                     counts[skip.reason] += 1
                     logger.warning("skipping SA-1B sample (%s)", skip)
                     continue
-                sample["skip_counts"] = dict(counts)
-                sample["stream_id"] = stream_id
+                sample["stream_id"] = stream_id  # skip_counts: stamped by stamped_last
                 yield sample
                 produced += 1
                 if quota is not None and produced >= quota:

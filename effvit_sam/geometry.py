@@ -40,6 +40,8 @@ def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]
     """Size ``(h, w)`` of an ``height x width`` image resized so its long side is ``long_side``."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
+    if long_side < 1:
+        raise ValueError(f"long_side must be >= 1, got {long_side}")
     scale = long_side / max(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
 

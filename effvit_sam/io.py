@@ -68,6 +68,10 @@ def read_image(source: str | Path | bytes) -> np.ndarray:
             array = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{name} is not a readable image: {err}") from None
+    except Image.DecompressionBombError:  # not an OSError; raised before any pixel is read
+        raise ValueError(f"{name} is too large to read: it claims more than "
+                         f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS "
+                         "x 2)") from None
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{name} is empty ({array.shape[0]}x{array.shape[1]})")
     return array

@@ -73,8 +73,12 @@ class EfficientViTSamPredictor:
         if not isinstance(model, (EfficientViTSam, Sam)):
             raise TypeError("model must be an EfficientViTSam or a segment_anything Sam, got "
                             f"{type(model).__name__}")
-        self.device = torch.device(device) if device is not None else \
-            next(model.parameters()).device
+        try:
+            self.device = torch.device(device) if device is not None else \
+                next(model.parameters()).device
+        except RuntimeError:  # torch's message lists every backend, not the bad value
+            raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, "
+                             "cuda:1)") from None
         self.fast = as_flag(fast, "fast") and isinstance(model, EfficientViTSam)
         if self.fast:
             from .inference import optimize_for_inference

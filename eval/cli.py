@@ -108,6 +108,9 @@ def _check_settings(args: argparse.Namespace) -> tuple[EvalTask, EvalDataset]:
                         ("--max-prompts", args.max_prompts)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.output and Path(args.output).is_dir():  # found now, not after the evaluation
+        raise UserError(f"--output {args.output} is a folder: give the report's file path, "
+                        "e.g. report.json")
     if (args.mode == "box-from-detector") != (args.detections is not None):
         raise UserError("--detections is needed by, and only by, box-from-detector")
     if args.detections is not None:
@@ -191,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inference: fast path, FastPathOptions.auto: {', '.join(enabled)}")
     print(markdown_row(settings, summary))
     if args.output:
-        write_report(args.output, settings, summary)
+        try:
+            write_report(args.output, settings, summary)
+        except OSError as err:
+            raise UserError(f"--output {args.output}: could not write the report ({err})") from None
         logger.info("wrote %s", args.output)
     return 0

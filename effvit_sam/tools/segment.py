@@ -179,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
                             f"{getattr(args, name)}")
     if args.crop_n_layers < 0 or args.min_mask_region_area < 0:
         raise UserError("--crop-n-layers and --min-mask-region-area must be at least 0")
+    for name in ("pred_iou_thresh", "stability_score_thresh"):
+        if not 0 <= getattr(args, name) <= 1:  # false for NaN too
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1], got "
+                            f"{getattr(args, name)}")
     image = _read_image(args.image)
     _check_prompts(args, image.shape[:2])
     device = resolve_device(args.device)

@@ -92,10 +92,20 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("give prompts (--point/--box) or --everything, exactly one of the two")
     if not args.image.is_file():
         raise UserError(f"image not found: {args.image}")
-    if args.tile is not None and args.overlap is not None:
-        from ..tiled import check_tiling
+    from ..tiled import MIN_TILE
 
-        check_tiling(args.tile, args.overlap)
+    # the flags are checked here, by name; the library's own checks name its parameters
+    if args.tile is not None and args.tile < MIN_TILE:
+        raise UserError(f"--tile must be at least {MIN_TILE} pixels, got {args.tile}")
+    if args.overlap is not None and not 0 <= args.overlap < (args.tile or math.inf):
+        raise UserError(f"--overlap must be >= 0 and less than --tile ({args.tile}), got "
+                        f"{args.overlap}")
+    if not 0 < args.merge_iou <= 1:
+        raise UserError(f"--merge-iou must be in (0, 1], got {args.merge_iou}")
+    if not 0 <= args.cache_mb < math.inf:
+        raise UserError(f"--cache-mb must be finite and >= 0, got {args.cache_mb}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.overview_size < 16:
         raise UserError(f"--overview-size must be >= 16, got {args.overview_size}")
     if args.resume is not None and not args.everything:
