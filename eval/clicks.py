@@ -39,12 +39,16 @@ def farthest_from_boundary(region: np.ndarray) -> tuple[int, int, float]:
     """
     if region.ndim != 2:
         raise ValueError(f"region must be H x W, got shape {region.shape}")
-    if not region.any():
+    rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    if len(rows) == 0:
         return 0, 0, 0.0
-    dist = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    flat = int(np.argmax(dist))
-    y, x = divmod(flat, region.shape[1])
-    return x, y, float(dist[y, x])
+    # Only the region's bounding box (plus a background ring) can hold its nearest background
+    # pixels, and row-major argmax order is kept, so the crop gives the whole image's answer.
+    y0, x0 = rows[0], cols[0]
+    crop = region[y0: rows[-1] + 1, x0: cols[-1] + 1]
+    dist = distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1]
+    y, x = divmod(int(np.argmax(dist)), crop.shape[1])
+    return int(x + x0), int(y + y0), float(dist[y, x])
 
 
 def first_click(gt: np.ndarray) -> Click:

@@ -39,6 +39,25 @@ def test_image_border_counts_as_boundary():
     assert first_click(square((11, 30), 0, 29, 0, 10)) == Click(5, 5, True)
 
 
+def test_farthest_from_boundary_on_the_crop_equals_the_whole_image_transform():
+    # The evaluator transforms only the region's bounding box; the answer (ties included) must
+    # be the whole padded image's, as the official click protocol computes it.
+    from scipy.ndimage import distance_transform_edt
+
+    from eval.clicks import farthest_from_boundary
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        h, w = rng.integers(5, 60, 2)
+        region = rng.random((h, w)) < rng.uniform(0.05, 0.9)
+        region[: rng.integers(0, h)] = False  # regions away from the top edge too
+        if not region.any():
+            continue
+        dist = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        y, x = divmod(int(np.argmax(dist)), w)
+        assert farthest_from_boundary(region) == (x, y, float(dist[y, x]))
+
+
 def test_next_click_false_negative_region_gets_positive_click():
     gt = square()
     pred = square(x1=14)  # left part found; the missing part is x 15..25 (11 wide), y 10..30
