@@ -78,7 +78,6 @@ def stamped_last(samples: Iterator[dict], counts: Counter) -> Iterator[dict]:
         yield {**held, "skip_counts": dict(counts)}
 
 
-
 def sum_totals(per_rank: list[dict[str, int] | None]) -> dict[str, int] | None:
     """Reason-by-reason sum of the ranks' totals; ``None`` if no rank's data carried counts."""
     found = [t for t in per_rank if t is not None]
