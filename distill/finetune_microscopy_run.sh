@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Issue #15's worked example (README, "Fine-tune on your data"): a made microscopy set, whose
 # look differs from the made training scenes, converted with make-shards --from-masks, the
-# made-data teacher fine-tuned on it decoder-only with the finetune_custom recipe, and scored by
-# `effvit-sam eval` on the held-out 20% before and after. One thread, on a shared CPU.
-#   START=/tmp/teacher.pt bash distill/finetune_microscopy_run.sh
-# START: the starting weights (a copy of the made-data teacher's checkpoint, model
-# efficientvit-sam-mini-teacher). CLI: the command to run (python -m effvit_sam from a checkout).
+# bundled model (efficientvit-sam-mini, trained on made scenes) fine-tuned on it decoder-only
+# with the finetune_custom recipe, scored by `effvit-sam eval` on the held-out 20% before and
+# after, and a before/after picture of one click per cell. One thread.
+#   CLI="python -m effvit_sam" bash distill/finetune_microscopy_run.sh
+# START: the starting weights (file or save_pretrained folder; default the bundled model) and
+# MODEL their architecture. CLI: the command to run (python -m effvit_sam from a checkout).
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 R=${R:-runs/micro}
 CLI=${CLI:-effvit-sam}
-MODEL=${MODEL:-efficientvit-sam-mini-teacher}
-START=${START:?set START to the starting weights (file or save_pretrained folder)}
+MODEL=${MODEL:-efficientvit-sam-mini}
+START=${START:-effvit_sam/bundled/efficientvit-sam-mini}
 STEPS=${STEPS:-60}
 mkdir -p $R/eval
 timed() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0)) s" | tee -a $R/eval/wall_times.txt; }
@@ -36,3 +37,6 @@ timed finetune $CLI finetune --config finetune_custom --overwrite --set \
     eval.annotations=$R/shards/val/instances_val.json eval.images=$R/folder/images \
     eval.every=20 eval.at_start=false run.save_every=20 run.log_every=10 run.out_dir=$R/finetune
 score after $R/finetune/pretrained_best/model.safetensors
+python -m distill.finetune_example_figure --annotations $R/shards/val/instances_val.json \
+    --images $R/folder/images --model $MODEL --before "$START" \
+    --after $R/finetune/pretrained_best --out $R/eval/before_after.jpg
