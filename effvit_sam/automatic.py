@@ -43,6 +43,7 @@ from torchvision.ops.boxes import batched_nms, box_area
 from tqdm import tqdm
 
 from . import geometry
+from .inference.decoder import FastMaskDecoder
 from .masks import inclusive_box_to_xywh
 from .predictor import EfficientViTSamPredictor, EncodedImage
 from .predictor_inputs import as_rgb_image
@@ -304,14 +305,24 @@ class EfficientViTSamAutomaticMaskGenerator:
                                                        predictor.prompt_frame),
                                  device=predictor.device)
         labels = torch.ones(len(coords), dtype=torch.int, device=predictor.device)
-        low_res, iou = predictor.decode_low_res(encoded, coords[:, None], labels[:, None],
-                                                multimask_output=True)
-        masks_per_point = low_res.shape[1]
-        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
-        pts = torch.as_tensor(points.repeat(masks_per_point, axis=0))
-        if self.pred_iou_thresh > 0.0:
-            keep = iou > self.pred_iou_thresh
-            low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
+        decoder = predictor.model.mask_decoder
+        if self.pred_iou_thresh > 0.0 and isinstance(decoder, FastMaskDecoder):
+            # Only candidates above pred_iou_thresh are upscaled inside the decoder.
+            sparse, dense = predictor.model.prompt_encoder(
+                points=(coords[:, None], labels[:, None]), boxes=None, masks=None)
+            low_res, iou, index = decoder.forward_kept(
+                encoded.features, predictor.model.prompt_encoder.get_dense_pe(), sparse, dense,
+                multimask_output=True, iou_threshold=self.pred_iou_thresh)
+            pts = torch.as_tensor(points)[index.cpu() // decoder.num_multimask_outputs]
+        else:
+            low_res, iou = predictor.decode_low_res(encoded, coords[:, None], labels[:, None],
+                                                    multimask_output=True)
+            masks_per_point = low_res.shape[1]
+            low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+            pts = torch.as_tensor(points.repeat(masks_per_point, axis=0))
+            if self.pred_iou_thresh > 0.0:
+                keep = iou > self.pred_iou_thresh
+                low_res, iou, pts = low_res[keep], iou[keep], pts[keep.cpu()]
         if self.low_res_stability and self.stability_score_thresh > 0.0:
             keep = self._low_res_stability(low_res, encoded.input_size) >= \
                 self.stability_score_thresh - LOW_RES_STABILITY_MARGIN

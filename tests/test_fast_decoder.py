@@ -3,10 +3,13 @@ into the fast path, and everything mode with it against SAM's generator."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.utils.amg import build_point_grid
 
 from effvit_sam import EfficientViTSamAutomaticMaskGenerator, EfficientViTSamPredictor, build_sam
 from effvit_sam.inference import optimize_for_inference
@@ -185,6 +188,38 @@ def test_everything_exact_where_the_algorithm_is_unchanged(smooth_tiny, official
         assert g["stability_score"] == pytest.approx(w["stability_score"], abs=1e-5)
 
 
+def test_everything_iou_threshold_upscales_only_kept_prompts(smooth_tiny, official_records,
+                                                           monkeypatch):
+    """pred_iou_thresh > 0: the decoder upscales only prompts with a mask above it, and the
+    records are still exactly SAM's generator's at that threshold."""
+    kw = {**official_records[1], "stability_score_thresh": 0.0}
+    m = copy.deepcopy(smooth_tiny)
+    with torch.no_grad():  # a random IoU head predicts about -0.1: lift it into [0, 1]
+        m.mask_decoder.iou_prediction_head.layers[-1].bias += 0.2
+    all_records = official_generator(m, **kw).generate(_scene())
+    # A threshold that half the grid points' best masks pass (midway between two of them)
+    predictor = EfficientViTSamPredictor(m, fast=False)
+    predictor.set_image(_scene())
+    grid = build_point_grid(kw["points_per_side"]) * np.array([230, 150])
+    _, scores, _ = predictor.predict(points=grid[:, None], labels=np.ones((len(grid), 1)))
+    best = np.sort(scores.max(1))
+    threshold = float(best[len(best) // 2 - 1] + best[len(best) // 2]) / 2
+    kw = {**kw, "pred_iou_thresh": threshold}
+    want = official_generator(m, **kw).generate(_scene())
+    model = EfficientViTSam(m.image_encoder, m.prompt_encoder, FastMaskDecoder(m.mask_decoder),
+                            config=m.config).eval()
+    upscaled = []
+    real = FastMaskDecoder._upscale_masks
+    monkeypatch.setattr(FastMaskDecoder, "_upscale_masks",
+                        lambda self, x, *a: upscaled.append(len(x)) or real(self, x, *a))
+    got = EfficientViTSamAutomaticMaskGenerator(model, fast=False, **kw).generate(_scene())
+    assert 0 < threshold < 1 and 3 <= len(want) < len(all_records) and len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g["segmentation"] == w["segmentation"]
+        assert g["predicted_iou"] == pytest.approx(w["predicted_iou"], abs=1e-5)
+    assert 0 < sum(upscaled) < kw["points_per_side"] ** 2  # some prompts were never upscaled
+
+
 @pytest.mark.parametrize("low_res_stability", [False, True])
 def test_everything_fast_path_matches_sam_generator(smooth_tiny, official_records,
                                                     low_res_stability):
@@ -230,3 +265,26 @@ def test_bench_decoder_command_reports_every_table(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line
         main(["bench-decoder", "--size", "64"])
     assert exit_info.value.code == 2 and "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 0.0, 0.5, 10.0])
+def test_forward_kept_is_forward_filtered(l0_decoder, threshold):
+    """Only masks above the IoU threshold, upscaled only for prompts that keep one: the same
+    masks, scores and order as forward() followed by SAM's filter."""
+    decoder, prompt_encoder = l0_decoder
+    fast = FastMaskDecoder(decoder, chunk_size=16)  # 40 prompts: 3 chunks, index offsets
+    image = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(7))
+    pe = prompt_encoder.get_dense_pe()
+    with torch.inference_mode():
+        sparse, dense = _prompts(prompt_encoder, 40, "points", False, seed=3)
+        masks, iou = fast(image, pe, sparse, dense, multimask_output=True)
+    if threshold == 0.5:  # a threshold that keeps some masks and drops others
+        threshold = float(iou.flatten().median())
+    with torch.inference_mode():
+        kept, kept_iou, index = fast.forward_kept(image, pe, sparse, dense,
+                                                  multimask_output=True, iou_threshold=threshold)
+    want = (iou > threshold).flatten().nonzero()[:, 0]
+    assert torch.equal(index, want)
+    assert kept.shape == (len(want), *masks.shape[2:])
+    torch.testing.assert_close(kept, masks.flatten(0, 1)[want], atol=1e-5, rtol=0)
+    torch.testing.assert_close(kept_iou, iou.flatten()[want], atol=1e-6, rtol=0)

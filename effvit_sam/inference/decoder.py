@@ -27,6 +27,10 @@ function (low-res logits within 1e-3 in float32, ``tests/test_fast_decoder.py``)
   one matrix product per pixel; ``LayerNorm2d`` is one ``F.layer_norm``; only the masks that
   are returned (3 of 4 with ``multimask_output``, else 1) are multiplied with the
   hypernetwork weights; the pixel shuffle is one permute of the final logits.
+* **Only the masks that will be kept** (:meth:`FastMaskDecoder.forward_kept`, what the mask
+  generator calls when its ``pred_iou_thresh`` is above 0): the predicted IoUs come from the
+  output tokens before any upscaling, so a prompt none of whose masks passes the threshold is
+  never upscaled, and the kept masks are the same numbers as :meth:`~FastMaskDecoder.forward`'s.
 * Prompts go through in chunks of ``chunk_size``, so memory grows with the chunk, not with K;
   the last layer's image tokens are updated in place (``baddbmm_``).
 
@@ -102,6 +106,19 @@ class FastMaskDecoder(nn.Module):
                 sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
                 multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = sparse_prompt_embeddings, dense_prompt_embeddings
+        image_embeddings, image_pe = self._check(image_embeddings, image_pe, sparse, dense)
+        h, w = image_embeddings.shape[2:]
+        pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x L x C, L = h * w
+        image = image_embeddings.flatten(2).transpose(1, 2)
+        masks, ious = [], []
+        for _, x, hyper, iou in self._chunks(image, pe, sparse, dense, multimask_output):
+            masks.append(self._upscale_masks(x, hyper, (h, w)))
+            ious.append(iou)
+        return torch.cat(masks), torch.cat(ious)
+
+    @staticmethod
+    def _check(image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+               dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
             raise ValueError("image_embeddings must be 1 x C x h x w (one image, shared by every "
                              f"prompt), got {tuple(image_embeddings.shape)}")
@@ -115,23 +132,61 @@ class FastMaskDecoder(nn.Module):
             raise ValueError(f"image_pe must be 1 x {c} x {h} x {w} and dense_prompt_embeddings "
                              f"{k} (or 1) x {c} x {h} x {w}, got {tuple(image_pe.shape)} and "
                              f"{tuple(dense.shape)}")
-        masks_idx = slice(1, None) if multimask_output else slice(0, 1)
-        pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x L x C, L = h * w
+        return image_embeddings, image_pe
+
+    @torch.no_grad()
+    def forward_kept(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                     sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                     multimask_output: bool, iou_threshold: float,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`, keeping only the masks whose predicted IoU is above ``iou_threshold``
+        (what SAM's mask generator keeps first) and upscaling the image tokens of a prompt only
+        when at least one of its masks is kept: the predicted IoUs come from the output tokens,
+        before the upscaling, which is the largest part of the decoder's work per prompt.
+
+        Returns ``(masks K' x 4h x 4w logits, iou_pred K', index K')`` with ``index = prompt *
+        M + mask`` into :meth:`forward`'s ``K x M`` outputs, in that order; the kept masks and
+        scores are :meth:`forward`'s (the same products on fewer rows).
+        """
+        image_embeddings, image_pe = self._check(image_embeddings, image_pe,
+                                                 sparse_prompt_embeddings, dense_prompt_embeddings)
+        h, w = image_embeddings.shape[2:]
         image = image_embeddings.flatten(2).transpose(1, 2)
+        pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        masks, ious, index = [], [], []
+        for start, x, hyper, iou in self._chunks(image, pe, sparse_prompt_embeddings,
+                                                 dense_prompt_embeddings, multimask_output):
+            keep = iou > iou_threshold
+            rows = keep.any(1).nonzero()[:, 0]
+            if not len(rows):
+                continue
+            up = self._upscale_masks(x[rows], hyper[rows], (h, w))
+            kept = keep[rows]
+            m = iou.shape[1]
+            masks.append(up[kept])
+            ious.append(iou[rows][kept])
+            flat = (rows[:, None] + start) * m + torch.arange(m, device=rows.device)
+            index.append(flat[kept])
+        if not masks:
+            empty = image_embeddings.new_zeros((0, 4 * h, 4 * w))
+            return empty, image_embeddings.new_zeros(0), torch.zeros(0, dtype=torch.long)
+        return torch.cat(masks), torch.cat(ious), torch.cat(index)
+
+    def _chunks(self, image: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor, multimask_output: bool):
+        """Per chunk of prompts: ``(first prompt, image tokens B x L x C, mask weights B x M x
+        C/8, iou_pred B x M)``, the transformer's outputs before the upscaling."""
+        masks_idx = slice(1, None) if multimask_output else slice(0, 1)
         # The prompt encoder's no-mask dense embedding is one vector expanded over the batch.
         shared = dense.shape[0] == 1 or dense.stride(0) == 0
         first = None
         if shared:
             x0 = (image + dense[:1].flatten(2).transpose(1, 2)).contiguous()
             first = self._first_layer_shared(x0, pe)
-        masks, ious = [], []
-        for start in range(0, k, self.chunk_size):
+        for start in range(0, sparse.shape[0], self.chunk_size):
             part = slice(start, start + self.chunk_size)
             x0 = None if shared else (image + dense[part].flatten(2).transpose(1, 2)).contiguous()
-            m, iou = self._decode(sparse[part], x0, pe, first, masks_idx, (h, w))
-            masks.append(m)
-            ious.append(iou)
-        return torch.cat(masks), torch.cat(ious)
+            yield (start, *self._decode(sparse[part], x0, pe, first, masks_idx))
 
     # -- the two-way transformer ----------------------------------------------------------------
 
@@ -145,7 +200,7 @@ class FastMaskDecoder(nn.Module):
 
     def _decode(self, sparse: torch.Tensor, x0: torch.Tensor | None, pe: torch.Tensor,
                 first: dict[str, torch.Tensor] | None, masks_idx: slice,
-                hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b = sparse.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         point_pe = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
@@ -185,7 +240,7 @@ class FastMaskDecoder(nn.Module):
         hyper = torch.stack([self.output_hypernetworks_mlps[j](queries[:, 1 + j]) for j in chosen],
                             dim=1)
         iou = self.iou_prediction_head(queries[:, 0])[:, masks_idx]
-        return self._upscale_masks(x, hyper, hw), iou
+        return x, hyper, iou
 
     # -- mask upscaling -------------------------------------------------------------------------
 
