@@ -259,7 +259,7 @@ def test_bench_decoder_command_reports_every_table(tmp_path, capsys):
     result = read_json(tmp_path / "bench_decoder.json")
     assert result["decoder"]["batch"] == 3 and result["decoder"]["logit_max_abs"] < LOGIT_ATOL
     assert result["boxes"]["mask_agreement"] > 0.999
-    assert [r["engine"] for r in result["everything"]] == ["ours", "ours_low_res_stability"] * 2
+    assert [r["engine"] for r in result["everything"]] == ["ours", "ours_low_res_stability"] * 3
     assert all(r["matched"] <= r["official_masks"] for r in result["everything"])
     assert all(r["logit_max_abs"] < LOGIT_ATOL for r in result["accuracy"])
     with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line
