@@ -244,6 +244,10 @@ def test_masks_matched_counts_reference_records():
     assert masks_matched(rec, [{"segmentation": mask_to_rle(b)}]) == 1
     assert masks_matched(rec, [{"segmentation": mask_to_rle(c)}]) == 1
     assert masks_matched(rec, []) == 0
+    # exact copies (counted without IoU) and IoU matches together; each reference once
+    ours = [{"segmentation": mask_to_rle(m)} for m in (b, c)]
+    assert masks_matched(rec + rec, ours) == 4
+    assert masks_matched(rec, [{"segmentation": mask_to_rle(np.zeros((20, 20), bool))}]) == 0
 
 
 def test_bench_decoder_command_reports_every_table(tmp_path, capsys):
