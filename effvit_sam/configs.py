@@ -46,6 +46,9 @@ class EncoderConfig:
             raise ValueError(f"neck_stages {self.neck_stages} must name stages 1..{n - 1}")
 
 
+SINGLE_MASK_MODES = ("token", "best_of_three")
+
+
 @dataclass(frozen=True)
 class SamConfig:
     """A whole EfficientViT-SAM model: encoder plus SAM's prompt encoder and mask decoder."""
@@ -61,7 +64,16 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     mask_in_chans: int = 16
     transformer_norm_eps: float = 1e-6
+    # What a single-mask request returns: "token", SAM's first mask token; "best_of_three", the
+    # best-scored of the three multimask outputs, for models trained on those alone
+    # (``prompts.multimask_all``), whose first token is untrained.
+    single_mask: str = "token"
     hub_file: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.single_mask not in SINGLE_MASK_MODES:
+            raise ValueError(f"single_mask must be one of {SINGLE_MASK_MODES}, got "
+                             f"{self.single_mask!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +117,8 @@ def _xl(depths: tuple[int, ...], neck_depth: int) -> EncoderConfig:
                          neck_depth=neck_depth, neck_expand=4, input_size=1024)
 
 
+# The made-data models (distill/made_model_run.sh) train the three multimask outputs only, so a
+# single-mask request takes the best of them (single_mask="best_of_three").
 _MINI_DECODER = dict(prompt_embed_dim=64, decoder_depth=2, decoder_mlp_dim=256, decoder_heads=4,
                      iou_head_hidden_dim=64, mask_in_chans=16)
 
@@ -143,7 +157,7 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
                       expands=(1, 2, 4, 4, 4), fewer_norm=_L_FEWER, attention_scales=(5,),
                       qkv_dim=16, neck_stages=(4, 3, 1), neck_width=64, neck_depth=1,
                       out_dim=64, input_size=256, embed_size=64),
-        **_MINI_DECODER,
+        **_MINI_DECODER, single_mask="best_of_three",
     ),
     # Its teacher, trained from scratch on made data: the same prompt encoder and mask decoder
     # (the student copies them, as EfficientViT-SAM's students copy SAM ViT-H's) behind an
@@ -154,7 +168,7 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
                       expands=(1, 4, 4, 4, 4), fewer_norm=_L_FEWER, attention_scales=(5,),
                       qkv_dim=16, neck_stages=(4, 3, 1), neck_width=96, neck_depth=2,
                       out_dim=64, input_size=256, embed_size=64),
-        **_MINI_DECODER,
+        **_MINI_DECODER, single_mask="best_of_three",
     ),
 }
 

@@ -90,6 +90,8 @@ class EfficientViTSamPredictor:
         # variant (also the L models whose encoder sees 512) and for SAM.
         self.prompt_frame = int(model.prompt_encoder.input_image_size[0])
         self.mask_threshold = float(getattr(model, "mask_threshold", 0.0))
+        config = getattr(model, "config", None)  # what multimask_output=False returns
+        self.single_mask = config.single_mask if config is not None else "token"
         self._images: list[EncodedImage] = []
 
     # -- image state -------------------------------------------------------------------------
@@ -203,8 +205,9 @@ class EfficientViTSamPredictor:
 
         Returns numpy ``(masks C x H x W, scores C, low_res_logits C x 256 x 256)`` for one set,
         ``(B x C x H x W, B x C, B x C x 256 x 256)`` when any prompt is batched (a 2-D boxes
-        array, 3-D points or 4-D mask_input). C is 3 with ``multimask_output``, else 1; masks are
-        bool, or float logits with ``return_logits``.
+        array, 3-D points or 4-D mask_input). C is 3 with ``multimask_output``, else 1 (the
+        model's single mask: :meth:`decode_low_res`); masks are bool, or float logits with
+        ``return_logits``.
         """
         image = self._single()
         return self._predict(image, _pick("points", points, "point_coords", point_coords),
@@ -341,8 +344,17 @@ class EfficientViTSamPredictor:
                        point_labels: torch.Tensor | None, boxes: torch.Tensor | None = None,
                        mask_input: torch.Tensor | None = None, multimask_output: bool = True,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder call (prompt frame): ``(low_res_logits B x C x 256 x 256, scores B x C)``."""
+        """One decoder call (prompt frame): ``(low_res_logits B x C x 256 x 256, scores B x C)``.
+
+        C is 1 without ``multimask_output``: the model's single mask, SAM's first mask token or,
+        for a model whose ``config.single_mask`` is ``"best_of_three"``, the best-scored of the
+        three multimask outputs."""
         multimask_output = as_flag(multimask_output, "multimask_output")
+        if not multimask_output and self.single_mask == "best_of_three":
+            low_res, scores = self.decode_low_res(image, point_coords, point_labels, boxes,
+                                                  mask_input, multimask_output=True)
+            rows, best = torch.arange(len(scores), device=scores.device), scores.argmax(1)
+            return low_res[rows, best][:, None], scores[rows, best][:, None]
         points = (point_coords, point_labels) if point_coords is not None else None
         encoder = self.model.prompt_encoder
         sparse, dense = encoder(points=points, boxes=boxes, masks=mask_input)

@@ -80,6 +80,28 @@ def test_box_miou_on_made_scenes_it_never_saw(one_thread):
     assert np.mean(random) * 100 < 20
 
 
+def test_its_single_mask_is_the_best_of_its_three(one_thread):
+    """Trained on the three multimask outputs only (``prompts.multimask_all``), its config says
+    so, and a single-mask request returns the best-scored of the three (SAM's first mask token
+    is untrained); a SAM-style config keeps SAM's token."""
+    model = from_pretrained(NAME)
+    assert model.config.single_mask == "best_of_three"
+    assert build_sam("efficientvit-sam-tiny").config.single_mask == "token"
+    scene = scene_for(4242, 1, 2, long_side=512)
+    predictor = SamPredictor(model)
+    predictor.set_image(scene.image)
+    boxes = np.stack([xywh_to_xyxy(mask_to_box_xywh(o.mask)) for o in scene.objects])
+    masks3, scores3, low3 = predictor.predict(boxes=boxes, multimask_output=True)
+    masks1, scores1, low1 = predictor.predict(boxes=boxes, multimask_output=False)
+    assert masks1.shape[1] == 1 and scores1.shape[1] == 1
+    best = scores3.argmax(1)
+    assert len(set(best.tolist())) > 1  # not always the same candidate
+    np.testing.assert_array_equal(masks1[:, 0], best_masks(masks3, scores3))
+    np.testing.assert_allclose(scores1[:, 0], scores3.max(1), atol=1e-6)
+    with pytest.raises(ValueError, match="single_mask must be one of"):
+        type(model.config)(**{**model.config.__dict__, "single_mask": "first"})
+
+
 def test_segment_without_model_or_official_weights_uses_it(offline, tmp_path, capsys):
     from PIL import Image
 

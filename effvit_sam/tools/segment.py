@@ -92,28 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _segment_prompts(predictor, args, *, best_of_three: bool = False
-                     ) -> tuple[list[dict], np.ndarray]:
+def _segment_prompts(predictor, args) -> tuple[list[dict], np.ndarray]:
     """Records (COCO RLE, whole-pixel XYWH ``bbox``: :mod:`effvit_sam.masks`) and the masks to
-    draw (the best-scoring candidate of each prompt).
-
-    ``best_of_three``: without ``--multimask``, decode the three candidates and keep the
-    best-scored one instead of SAM's single-mask output (this package's made-data models train
-    only the three, ``prompts.multimask_all``)."""
+    draw (the best-scoring candidate of each prompt). Without ``--multimask`` each prompt gets
+    the model's single mask (for the made-data models, the best of their three candidates:
+    ``SamConfig.single_mask``)."""
     from ..masks import mask_to_box_xywh, mask_to_rle
 
     points = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
     labels = np.array([p[2] for p in args.point]) if args.point else None
     boxes = np.array(args.box, dtype=np.float64) if args.box else None
-    masks, scores, _ = predictor.predict(points, labels, boxes,
-                                         multimask_output=args.multimask or best_of_three)
+    masks, scores, _ = predictor.predict(points, labels, boxes, multimask_output=args.multimask)
     if boxes is None:  # one prompt set: make it a batch of one
         masks, scores = masks[None], scores[None]
     candidates = np.broadcast_to(np.arange(masks.shape[1]), scores.shape)
-    if best_of_three and not args.multimask:
-        rows, best = np.arange(len(masks)), np.argmax(scores, 1)
-        masks, scores, candidates = (masks[rows, best][:, None], scores[rows, best][:, None],
-                                     best[:, None])
     records, drawn = [], []
     for i in range(len(masks)):
         drawn.append(masks[i, int(np.argmax(scores[i]))])
@@ -216,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         predictor = EfficientViTSamPredictor(model, device=device, fast=not args.no_fast)
         predictor.set_image(image)
-        records, drawn = _segment_prompts(predictor, args, best_of_three=weights.kind == "bundled")
+        records, drawn = _segment_prompts(predictor, args)
     picture = overlay_masks(
         image, drawn,
         points=[p[:2] for p in args.point] or None, labels=[p[2] for p in args.point] or None,
