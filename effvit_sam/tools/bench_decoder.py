@@ -85,6 +85,10 @@ def _rle(record: dict) -> dict:
             else counts}
 
 
+def _point_key(record: dict) -> tuple:
+    return tuple(np.round(np.asarray(record.get("point_coords", []), float), 3).ravel())
+
+
 def masks_matched(reference: list[dict], ours: list[dict], *, iou: float = MATCH_IOU) -> int:
     """How many ``reference`` records (``coco_rle`` output) one of ``ours`` covers at mask
     IoU >= ``iou``."""
@@ -93,10 +97,22 @@ def masks_matched(reference: list[dict], ours: list[dict], *, iou: float = MATCH
     if not reference or not ours:
         return 0
     ours_rles = [_rle(r) for r in ours]
-    # Identical masks have identical RLEs: count those first, so that thousands of records
-    # need no all-pairs IoU (3072 x 3072 full-image RLEs take pycocotools many minutes).
+    # Cheap checks first, so that thousands of records need no all-pairs IoU (3072 x 3072
+    # full-image RLEs take pycocotools about an hour): identical RLEs, then the records of ours
+    # from the same grid point (both generators record it; NMS may order near-ties differently).
     exact = {(tuple(r["size"]), r["counts"]) for r in ours_rles}
-    rest = [rle for rle in map(_rle, reference) if (tuple(rle["size"]), rle["counts"]) not in exact]
+    by_point: dict[tuple, list[int]] = {}
+    for j, r in enumerate(ours):
+        by_point.setdefault(_point_key(r), []).append(j)
+    rest = []
+    for r in reference:
+        rle = _rle(r)
+        if (tuple(rle["size"]), rle["counts"]) in exact:
+            continue
+        same = [ours_rles[j] for j in by_point.get(_point_key(r), [])]
+        if same and max(mask_utils.iou(same, [rle], [0])[:, 0]) >= iou:
+            continue
+        rest.append(rle)
     matched = len(reference) - len(rest)
     if rest:
         ious = mask_utils.iou(ours_rles, rest, [0] * len(rest))
