@@ -11,7 +11,8 @@
 #   LIMIT=50 bash distill/made_model_run.sh        # quicker evals on the first 50 images
 # Training stages pass --resume auto: a killed run continues from run.out_dir/checkpoint.pt
 # (exactly: same batches, prompts and RNG draws), a finished one is trained again only if its
-# pretrained/ folder is missing. The teacher and phase 1 train data-parallel on NPROC processes
+# pretrained/ folder is missing. A teacher run that had to outlive its machine is committed
+# under distill/made_model_resume/teacher/ and continues from there on a fresh checkout. The teacher and phase 1 train data-parallel on NPROC processes
 # (default 2, torchrun on the CPU; a resumed run needs the same NPROC), each with THREADS
 # (default 1) intra-op threads: on 2 cores, two 1-thread ranks do ~1.9x the samples per second
 # of one 2-thread process.
@@ -58,9 +59,9 @@ for stage in "${stages[@]}"; do
     [[ $stage == "$FROM" ]] && run=1
     [[ $run == 1 ]] || continue
     case $stage in
-    data)  # training shards (seeds 0 and 2: 2,000 images), a validation set for training's own
+    data)  # training shards (seeds 0 and 2: 3,000 images), a validation set for training's own
         # checks (seed 11), held-out shards and eval set (seed 7, make-eval-set defaults)
-        for s in a:0:30 b:2:10; do
+        for s in a:0:30 b:2:30; do
             IFS=: read -r name seed num <<< "$s"
             last=$(printf 'sa_%06d.tar' $((num - 1)))
             [[ -f $R/shards_$name/$last ]] || $PY -m effvit_sam make-shards --out $R/shards_$name \
@@ -72,12 +73,17 @@ for stage in "${stages[@]}"; do
             --out $R/heldout_shards --num-shards 1 --images-per-shard 50 --seed 7 --image-size 512
         [[ -f $R/heldout_coco/annotations/instances_val.json ]] || $PY -m effvit_sam make-eval-set \
             --out $R/heldout_coco --num-images 200 --seed 7 --format coco ;;
-    teacher)
+    teacher)  # a run begun on another machine continues from its committed checkpoint
+        seed=distill/made_model_resume/teacher
+        if [[ -f $seed/checkpoint.pt && ! -f $R/teacher/checkpoint.pt ]]; then
+            mkdir -p $R/teacher && cp $seed/* $R/teacher/
+            echo "teacher: continuing from $seed (step $(tail -1 $seed/metrics.csv | cut -d, -f1))"
+        fi
         train "$NPROC" finetune made_teacher ;;
     teacher_eval)
         score efficientvit-sam-mini-teacher teacher ;;
     cache)
-        for s in a:000029 b:000009; do
+        for s in a:000029 b:000029; do
             IFS=: read -r name last <<< "$s"
             [[ -f $R/cache_$name/sa_$last.tar ]] || timed cache_teacher_$name \
                 env ACCELERATE_USE_CPU=true $PY -m torch.distributed.run --nproc_per_node "$NPROC" -m distill cache-teacher \
