@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -286,6 +287,32 @@ def test_onnx_predictor_same_masks_as_torch_predictor(tiny, exported: dict, prom
     ref_logits, _, _ = ref.predict(**prompt, return_logits=True)
     assert logits.std() > 0
     np.testing.assert_allclose(logits, ref_logits, atol=1e-3)
+
+
+def test_onnx_predictor_keeps_the_models_single_mask(tiny, exported: dict, tmp_path: Path) -> None:
+    """The decoder graph records SamConfig.single_mask; a best_of_three model's single mask is the
+    best-scored of its three, as in the PyTorch predictor, and SAM's token otherwise."""
+    import dataclasses
+
+    from effvit_sam.predictor import EfficientViTSamPredictor
+
+    assert onnx.load(exported["decoder_path"]).metadata_props[0].value == "token"
+    model = copy.deepcopy(tiny)
+    model.config = dataclasses.replace(model.config, single_mask="best_of_three")
+    paths = export_onnx(model, tmp_path)
+    image = np.random.default_rng(5).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    ours = onp.OnnxSamPredictor(paths["encoder_path"], paths["decoder_path"])
+    assert ours.single_mask_mode == "best_of_three"
+    ours.set_image(image)
+    ref = EfficientViTSamPredictor(model)
+    ref.set_image(image)
+    boxes = np.array([[5.0, 8.0, 55.0, 35.0], [0.0, 0.0, 30.0, 30.0], [20.0, 5.0, 60.0, 39.0]])
+    _, scores, low = ours.predict(boxes=boxes, multimask_output=False)
+    _, ref_scores, ref_low = ref.predict(boxes=boxes, multimask_output=False)
+    _, three, _ = ours.predict(boxes=boxes, multimask_output=True)
+    np.testing.assert_allclose(scores[:, 0], three.max(1), atol=1e-6)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
+    np.testing.assert_allclose(low, ref_low, atol=1e-3)
 
 
 def test_onnx_predictor_errors(exported: dict) -> None:

@@ -171,6 +171,16 @@ def _export_bytes(module: nn.Module, args: tuple[torch.Tensor, ...], *, input_na
     return buffer.getvalue()
 
 
+def _with_metadata(graph: bytes, props: dict[str, str]) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(graph)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
+
+
 def example_decoder_inputs(embed_dim: int, *, num_points: int = 3, batch: int = 1,
                            seed: int = 0) -> dict[str, np.ndarray]:
     """Random but valid decoder inputs for ``batch`` prompt sets: points, a box (labels 2, 3)
@@ -212,6 +222,7 @@ def export_onnx(model: EfficientViTSam, out_dir: str | Path, *, verify: bool = T
         raise ValueError("single_mask is an option of the official-names decoder graph: pass "
                          "official_names=True (ours returns all four masks, the caller slices)")
     out = Path(out_dir)
+    single_mask_mode = model.config.single_mask if model.config is not None else "token"
     model = fuse(model).cpu()  # folded BN: a smaller graph with the same outputs
     s = model.encoder_size
     embed_dim = model.prompt_encoder.embed_dim
@@ -237,6 +248,9 @@ def export_onnx(model: EfficientViTSam, out_dir: str | Path, *, verify: bool = T
             dynamic_axes={"point_coords": prompt_axes, "point_labels": prompt_axes,
                           **({"mask_input": {0: "mask_batch"}} if not official_names else {}),
                           outputs[0]: {0: "batch"}, outputs[1]: {0: "batch"}})
+    # What a single-mask request returns is the model's (SamConfig.single_mask): recorded in the
+    # decoder graph's metadata for OnnxSamPredictor.
+    decoder_bytes = _with_metadata(decoder_bytes, {"single_mask": single_mask_mode})
     paths = {"encoder": out / ENCODER_FILE, "decoder": out / DECODER_FILE}
     atomic_write(paths["encoder"], lambda p: Path(p).write_bytes(encoder_bytes))
     atomic_write(paths["decoder"], lambda p: Path(p).write_bytes(decoder_bytes))

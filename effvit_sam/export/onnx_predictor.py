@@ -63,6 +63,10 @@ class OnnxSamPredictor:
         names = [i.name for i in self.decoder.get_inputs()]
         self._official = "mask_input" not in names
         self._single_mask = self.decoder.get_outputs()[0].shape[1] == 1
+        # The model's single mask (SamConfig.single_mask, in the graph's metadata since it was
+        # recorded there): SAM's first mask token, or the best-scored of the three.
+        meta = self.decoder.get_modelmeta().custom_metadata_map
+        self.single_mask_mode = meta.get("single_mask", "token")
         self.mask_threshold = MASK_THRESHOLD
         self.features: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
@@ -152,6 +156,9 @@ class OnnxSamPredictor:
             if multimask_output:
                 raise ValueError("this decoder graph returns one mask per prompt (exported with "
                                  "single-mask output): pass multimask_output=False")
+        elif not multimask_output and self.single_mask_mode == "best_of_three":
+            rows, best = np.arange(len(iou)), 1 + iou[:, 1:].argmax(1)
+            low_res, iou = low_res[rows, best][:, None], iou[rows, best][:, None]
         else:
             # Mask 0 is the single-mask output, 1..3 the multimask outputs (MaskDecoder.forward).
             pick = slice(1, None) if multimask_output else slice(0, 1)
