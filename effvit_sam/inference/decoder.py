@@ -109,19 +109,17 @@ class FastMaskDecoder(nn.Module):
                 sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
                 multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = sparse_prompt_embeddings, dense_prompt_embeddings
-        image_embeddings, image_pe = self._check(image_embeddings, image_pe, sparse, dense)
-        h, w = image_embeddings.shape[2:]
-        pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x L x C, L = h * w
-        image = image_embeddings.flatten(2).transpose(1, 2)
+        h, w = image_embeddings.shape[-2:]  # checked by _chunks
         masks, ious = [], []
-        for _, x, hyper, iou in self._chunks(image, pe, sparse, dense, multimask_output):
+        for _, x, hyper, iou in self._chunks(image_embeddings, image_pe, sparse, dense,
+                                             multimask_output):
             masks.append(self._upscale_masks(x, hyper, (h, w)))
             ious.append(iou)
         return torch.cat(masks), torch.cat(ious)
 
     @staticmethod
     def _check(image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-               dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               dense: torch.Tensor) -> None:
         if image_embeddings.ndim != 4 or image_embeddings.shape[0] != 1:
             raise ValueError("image_embeddings must be 1 x C x h x w (one image, shared by every "
                              f"prompt), got {tuple(image_embeddings.shape)}")
@@ -135,7 +133,6 @@ class FastMaskDecoder(nn.Module):
             raise ValueError(f"image_pe must be 1 x {c} x {h} x {w} and dense_prompt_embeddings "
                              f"{k} (or 1) x {c} x {h} x {w}, got {tuple(image_pe.shape)} and "
                              f"{tuple(dense.shape)}")
-        return image_embeddings, image_pe
 
     @torch.no_grad()
     def forward_kept(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
@@ -151,13 +148,10 @@ class FastMaskDecoder(nn.Module):
         M + mask`` into :meth:`forward`'s ``K x M`` outputs, in that order; the kept masks and
         scores are :meth:`forward`'s (the same products on fewer rows).
         """
-        image_embeddings, image_pe = self._check(image_embeddings, image_pe,
-                                                 sparse_prompt_embeddings, dense_prompt_embeddings)
-        h, w = image_embeddings.shape[2:]
-        image = image_embeddings.flatten(2).transpose(1, 2)
-        pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+        h, w = image_embeddings.shape[-2:]  # checked by _chunks
         masks, ious, index = [], [], []
-        for start, x, hyper, iou in self._chunks(image, pe, sparse_prompt_embeddings,
+        for start, x, hyper, iou in self._chunks(image_embeddings, image_pe,
+                                                 sparse_prompt_embeddings,
                                                  dense_prompt_embeddings, multimask_output):
             keep = iou > iou_threshold
             rows = keep.any(1).nonzero()[:, 0]
@@ -175,10 +169,14 @@ class FastMaskDecoder(nn.Module):
             return empty, image_embeddings.new_zeros(0), torch.zeros(0, dtype=torch.long)
         return torch.cat(masks), torch.cat(ious), torch.cat(index)
 
-    def _chunks(self, image: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, multimask_output: bool):
-        """Per chunk of prompts: ``(first prompt, image tokens B x L x C, mask weights B x M x
-        C/8, iou_pred B x M)``, the transformer's outputs before the upscaling."""
+    def _chunks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                sparse: torch.Tensor, dense: torch.Tensor, multimask_output: bool):
+        """The inputs checked, then per chunk of prompts: ``(first prompt, image tokens B x L x C,
+        mask weights B x M x C/8, iou_pred B x M)``, the transformer's outputs before the
+        upscaling."""
+        self._check(image_embeddings, image_pe, sparse, dense)
+        pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x L x C, L = h * w
+        image = image_embeddings.flatten(2).transpose(1, 2)
         masks_idx = slice(1, None) if multimask_output else slice(0, 1)
         # The prompt encoder's no-mask dense embedding is one vector expanded over the batch.
         shared = dense.shape[0] == 1 or dense.stride(0) == 0
