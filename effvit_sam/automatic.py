@@ -308,10 +308,8 @@ class EfficientViTSamAutomaticMaskGenerator:
         decoder = predictor.model.mask_decoder
         if self.pred_iou_thresh > 0.0 and isinstance(decoder, FastMaskDecoder):
             # Only candidates above pred_iou_thresh are upscaled inside the decoder.
-            sparse, dense = predictor.model.prompt_encoder(
-                points=(coords[:, None], labels[:, None]), boxes=None, masks=None)
             low_res, iou, index = decoder.forward_kept(
-                encoded.features, predictor.model.prompt_encoder.get_dense_pe(), sparse, dense,
+                **predictor.decoder_inputs(encoded, coords[:, None], labels[:, None]),
                 multimask_output=True, iou_threshold=self.pred_iou_thresh)
             pts = torch.as_tensor(points)[index.cpu() // decoder.num_multimask_outputs]
         else:

@@ -355,14 +355,20 @@ class EfficientViTSamPredictor:
                                                   mask_input, multimask_output=True)
             rows, best = torch.arange(len(scores), device=scores.device), scores.argmax(1)
             return low_res[rows, best][:, None], scores[rows, best][:, None]
+        return self.model.mask_decoder(
+            **self.decoder_inputs(image, point_coords, point_labels, boxes, mask_input),
+            multimask_output=multimask_output)
+
+    def decoder_inputs(self, image: EncodedImage, point_coords: torch.Tensor | None,
+                       point_labels: torch.Tensor | None, boxes: torch.Tensor | None = None,
+                       mask_input: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The mask decoder's keyword inputs for prompts in the prompt frame: the image's
+        features and positional encoding, the prompt encoder's sparse and dense embeddings."""
         points = (point_coords, point_labels) if point_coords is not None else None
         encoder = self.model.prompt_encoder
         sparse, dense = encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.model.mask_decoder(image_embeddings=image.features,
-                                       image_pe=encoder.get_dense_pe(),
-                                       sparse_prompt_embeddings=sparse,
-                                       dense_prompt_embeddings=dense,
-                                       multimask_output=multimask_output)
+        return {"image_embeddings": image.features, "image_pe": encoder.get_dense_pe(),
+                "sparse_prompt_embeddings": sparse, "dense_prompt_embeddings": dense}
 
     def upscale(self, image: EncodedImage, low_res: torch.Tensor,
                 return_logits: bool = False) -> torch.Tensor:
