@@ -113,3 +113,30 @@ def test_bench_int8_engine(tmp_path: Path) -> None:
     assert "int8_speedup_vs_eager_kept" in report["ratios"]
     with pytest.raises(SystemExit):
         parse_args(["--engines", "int8", "--device", "meta"])
+
+
+def test_bench_bf16_engine_is_the_bf16_fast_path(tmp_path: Path) -> None:
+    """The bf16 row times FastPathOptions.bf16(): its embeddings differ from eager float32 by
+    bf16 rounding (not zero, well under 5%), and its ratio is computed like the others'."""
+    import numpy as np
+
+    from effvit_sam.tools.bench import _build_engines
+    from effvit_sam.weights import resolve_model
+
+    argv = ["--model", "tiny", "--engines", "eager", "bf16", "--sam", "--runs", "1",
+            "--warmup", "1", "--batch", "1", "--prompts", "1", "--out", str(tmp_path)]
+    args = parse_args(argv)
+    model, _ = resolve_model("tiny", checkpoint=None, random_weights=True, require_weights=False)
+    engines = {e.name: e for e in _build_engines(args, model, torch.device("cpu"), tmp_path)}
+    assert engines["bf16"].keeps_memory and not engines["eager"].keeps_memory
+    x = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    ref, got = engines["eager"].encode(x).float(), engines["bf16"].encode(x).float()
+    rel = float((got - ref).norm() / ref.norm())
+    assert 1e-5 < rel < 5e-2
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert list(report["results"]) == ["eager", "bf16", "eager_kept"]
+    assert report["ratios"]["bf16_speedup_vs_eager"] == pytest.approx(
+        report["results"]["eager"]["encoder_latency_s_b1"]
+        / report["results"]["bf16"]["encoder_latency_s_b1"])
+

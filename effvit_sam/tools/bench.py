@@ -10,6 +10,8 @@ Engines, all in one process on the same weights and inputs:
   PyTorch's GELU (``winograd``, ``gemm_pointwise``, ``fuse_neck`` and ``compiled_gelu`` off),
   to show what those add (opt-in);
 * ``compiled`` - the fast path plus ``torch.compile`` (inductor, weight freezing on CPU);
+* ``bf16`` - ``FastPathOptions.bf16()``: the fast path under bf16 autocast (lossy, opt-in; on
+  CPUs without AMX-BF16 or AVX512-BF16 oneDNN emulates bf16, which is slower);
 * ``int8`` - the compiled fast path with a static int8 encoder (CPU, ``torchao``; calibrated on
   random inputs, which is fine for timing and says nothing of accuracy; opt-in: ``--engines``);
 * ``eager_kept`` - the eager model again, timed after the fast path has made the process keep
@@ -58,7 +60,7 @@ from .bench_report import (
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("eager", "fused", "fast", "fast_direct", "compiled", "int8", "onnx")
+ENGINES = ("eager", "fused", "fast", "fast_direct", "compiled", "bf16", "int8", "onnx")
 IMAGE_SIZE = (480, 640)  # the end-to-end image, H x W
 RSS_POLL_S = 0.002
 
@@ -217,6 +219,12 @@ def _build_engines(args: argparse.Namespace, model, device: torch.device,
             if name == "fast_direct":
                 opts = opts.with_(winograd=False, gemm_pointwise=False, fuse_neck=False,
                                   compiled_gelu=False)
+            fast = optimize_for_inference(model, device=device, options=opts)
+            engine = _torch_engine(name, fast, device, prompts=args.prompts)
+            engine.keeps_memory = opts.keep_freed_memory
+        elif name == "bf16":
+            opts = FastPathOptions.bf16() if device.type == "cpu" \
+                else FastPathOptions.auto(device).with_(autocast_dtype=torch.bfloat16)
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
             engine.keeps_memory = opts.keep_freed_memory
