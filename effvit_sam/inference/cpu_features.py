@@ -228,7 +228,8 @@ def _bf16_reason(f: CpuFeatures) -> str:
                 "~2x eager on a 2-core AVX512-BF16 EPYC (loaded machine) but is not exact "
                 "(masks 99.7-99.9% equal on the reference weights): opt in with "
                 "FastPathOptions.bf16()")
-    return "no bf16 units (AMX-BF16, AVX512-BF16); bf16 would be emulated: slower, less exact"
+    return ("no bf16 units (AMX-BF16, AVX512-BF16); bf16 would be emulated: measured 0.11x "
+            "eager float32 (L0 encoder, 2-core AVX2 EPYC), and less exact")
 
 
 def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool) -> dict[str, tuple[object, str]]:
