@@ -139,4 +139,3 @@ def test_bench_bf16_engine_is_the_bf16_fast_path(tmp_path: Path) -> None:
     assert report["ratios"]["bf16_speedup_vs_eager"] == pytest.approx(
         report["results"]["eager"]["encoder_latency_s_b1"]
         / report["results"]["bf16"]["encoder_latency_s_b1"])
-

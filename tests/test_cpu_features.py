@@ -270,6 +270,7 @@ def test_bf16_warns_where_it_is_emulated(monkeypatch: pytest.MonkeyPatch, caplog
     """bf16 on a CPU without AMX-BF16 / AVX512-BF16 is emulated (measured 9x slower than
     float32 on an AVX2 EPYC): asking for it there says so; where bf16 units exist it does not."""
     feats = features_from_cpuinfo(text, torch_kernels="AVX2")
+    assert feats.bf16_units is not warns
     monkeypatch.setattr(optimize, "detect_cpu_features", lambda: feats)
     with caplog.at_level("WARNING", logger="effvit_sam.inference.optimize"):
         optimize.optimize_for_inference(

@@ -294,7 +294,7 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
 
     if opts.autocast_dtype == torch.bfloat16 and dev.type == "cpu":
         feats = detect_cpu_features()
-        if not (feats.amx or feats.avx512_bf16 or feats.arm_bf16):
+        if not feats.bf16_units:
             log.warning("bf16 encoder on a CPU without bf16 units (%s): oneDNN emulates bf16, "
                         "measured 9x slower than float32 (L0, 2-core AVX2 EPYC); "
                         "FastPathOptions.auto() is faster here", feats.summary())

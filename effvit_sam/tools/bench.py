@@ -214,17 +214,14 @@ def _build_engines(args: argparse.Namespace, model, device: torch.device,
             opts = FastPathOptions.eager().with_(fold_bn=True, fuse_epilogues=True)
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
-        elif name in ("fast", "fast_direct", "compiled"):
+        elif name in ("fast", "fast_direct", "compiled", "bf16"):
             opts = FastPathOptions.auto(device).with_(compile=name == "compiled")
             if name == "fast_direct":
                 opts = opts.with_(winograd=False, gemm_pointwise=False, fuse_neck=False,
                                   compiled_gelu=False)
-            fast = optimize_for_inference(model, device=device, options=opts)
-            engine = _torch_engine(name, fast, device, prompts=args.prompts)
-            engine.keeps_memory = opts.keep_freed_memory
-        elif name == "bf16":
-            opts = FastPathOptions.bf16() if device.type == "cpu" \
-                else FastPathOptions.auto(device).with_(autocast_dtype=torch.bfloat16)
+            elif name == "bf16":
+                opts = FastPathOptions.bf16() if device.type == "cpu" \
+                    else opts.with_(autocast_dtype=torch.bfloat16)
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
             engine.keeps_memory = opts.keep_freed_memory
