@@ -190,22 +190,40 @@ def test_auto_per_cpu_kind(monkeypatch: pytest.MonkeyPatch, text: str, tier: str
     opts, why = _auto_on(monkeypatch, text)
     assert opts == FastPathOptions.auto("cpu")  # auto is auto_explained's choice
     assert set(why) == {f.name for f in dataclasses.fields(FastPathOptions)}
-    # Float32 and exact everywhere by default; bf16 stays opt-in even with AMX.
-    assert opts.autocast_dtype is None and not opts.int8_encoder and not opts.compile
-    assert opts.winograd and opts.gemm_pointwise and opts.fuse_neck and opts.keep_freed_memory
+    assert not opts.int8_encoder and not opts.compile and opts.fuse_neck and opts.keep_freed_memory
     t = CONV_THRESHOLDS[tier]
     assert (opts.winograd_min_channels, opts.gemm_min_in_channels) == (
         t.winograd_min_channels, t.gemm_min_in_channels)
     assert f"tier {tier}" in why["winograd_min_channels"]
-    assert ("not re-measured" in why["gemm_min_in_channels"]) == (tier != "avx2")
+    assert ("not re-measured" in why["gemm_min_in_channels"]) == (tier not in ("avx2", "amx"))
     bf16_why = why["autocast_dtype"]
     if tier == "amx":
-        assert "AMX-BF16 is here" in bf16_why and "99.5%" in bf16_why
-    elif tier in ("avx512", "arm"):
-        assert "no AMX tiles" in bf16_why
+        # AMX: a bf16 encoder (masks measured >= 99.5% equal) with oneDNN's fused epilogues,
+        # without the float32 conv rewrites; exact() is the float32 choice on the same CPU.
+        assert opts == FastPathOptions.bf16()
+        assert opts.autocast_dtype is torch.bfloat16 and opts.onednn_epilogues
+        assert not (opts.winograd or opts.gemm_pointwise)
+        assert bf16_why.startswith("bf16: AMX-BF16 is here") and "99.5%" in bf16_why
+        assert why["winograd"].startswith("off: a float32 rewrite")
+        exact, exact_why = FastPathOptions.auto_explained("cpu", exact=True)
+        assert exact == FastPathOptions.exact("cpu") and exact.autocast_dtype is None
+        assert exact.winograd and exact.gemm_pointwise and exact.onednn_epilogues
+        assert exact_why["autocast_dtype"].startswith("off: exact() keeps float32")
     else:
-        assert "no bf16 units" in bf16_why
+        # Everywhere else float32 and exact by default, and exact() changes nothing.
+        assert opts.autocast_dtype is None and opts.winograd and opts.gemm_pointwise
+        assert not opts.onednn_epilogues and "not measured faster" in why["onednn_epilogues"]
+        assert FastPathOptions.exact("cpu") == opts
+        assert ("no AMX tiles" if tier in ("avx512", "arm") else "no bf16 units") in bf16_why
     assert ("VNNI int8 dot products here" in why["int8_encoder"]) == (tier in ("amx", "avx512"))
+
+
+def test_auto_without_onednn_keeps_the_unfused_epilogues(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(optimize, "onednn_conv_available", lambda: False)
+    opts, why = _auto_on(monkeypatch, XEON_SPR)
+    assert opts.autocast_dtype is torch.bfloat16 and not opts.onednn_epilogues
+    assert why["onednn_epilogues"] == "off: this torch build has no oneDNN convolution"
+    assert not FastPathOptions.bf16().onednn_epilogues
 
 
 def test_auto_takes_the_widths_of_the_tier(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,10 +231,10 @@ def test_auto_takes_the_widths_of_the_tier(monkeypatch: pytest.MonkeyPatch) -> N
     opts, why = _auto_on(monkeypatch, GRAVITON3)
     assert (opts.winograd_min_channels, opts.gemm_min_in_channels) == (32, 512)
     assert why["winograd_min_channels"] == "tier arm: measured in a test"
-    # The bf16 set is this CPU's auto with the float32 conv rewrites off.
+    # The bf16 set is this CPU's auto with the float32 conv rewrites off, oneDNN's epilogues on.
     bf16 = FastPathOptions.bf16()
     assert bf16 == opts.with_(autocast_dtype=torch.bfloat16, winograd=False,
-                              gemm_pointwise=False)
+                              gemm_pointwise=False, onednn_epilogues=True)
     assert CONV_THRESHOLDS.keys() == {"amx", "avx512", "avx2", "arm", "baseline"}
 
 

@@ -169,10 +169,11 @@ def test_bad_options_raise(tiny: EfficientViTSam) -> None:
 
 
 def test_auto_options_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu = FastPathOptions.auto("cpu")
+    cpu = FastPathOptions.exact("cpu")  # auto is per CPU (tests/test_cpu_features.py)
     assert cpu.fold_bn and cpu.fuse_epilogues and cpu.channels_last and cpu.keep_freed_memory
     assert cpu.autocast_dtype is None and not cpu.compile
     assert cpu.winograd and cpu.gemm_pointwise and cpu.fuse_neck
+    assert FastPathOptions.auto("cpu") in (cpu, FastPathOptions.bf16())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for bf16, dtype in ((True, torch.bfloat16), (False, torch.float16)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, _v=bf16, **k: _v)
@@ -214,10 +215,11 @@ class _RecordDtypes(torch.overrides.TorchFunctionMode):
 
 
 @pytest.mark.parametrize("options", [
-    FastPathOptions.bf16().with_(compiled_gelu=False),
+    FastPathOptions.bf16().with_(compiled_gelu=False, onednn_epilogues=True),
+    FastPathOptions.bf16().with_(compiled_gelu=False, onednn_epilogues=False),
     FastPathOptions.bf16().with_(compiled_gelu=False, fuse_neck=False, fuse_epilogues=False,
-                                 fold_bn=False),
-], ids=["bf16", "bf16_plain_modules"])
+                                 fold_bn=False, onednn_epilogues=False),
+], ids=["bf16_onednn", "bf16", "bf16_plain_modules"])
 def test_cpu_bf16_encoder_close_to_float32(tiny: EfficientViTSam,
                                            options: FastPathOptions) -> None:
     assert options.autocast_dtype is torch.bfloat16
@@ -226,14 +228,17 @@ def test_cpu_bf16_encoder_close_to_float32(tiny: EfficientViTSam,
     with torch.no_grad():
         expected = tiny.encode(x)
     # Tensor operators reach the mode by method name: `@` as matmul, `/` as div.
-    record = _RecordDtypes(("conv2d", "layer_norm", "matmul", "div", "baddbmm_", "interpolate"))
+    record = _RecordDtypes(("conv2d", "layer_norm", "matmul", "div", "baddbmm_", "interpolate",
+                            "_convolution_pointwise"))
     with record:
         got = fast.encode(x)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     rel = ((got - expected).norm() / expected.norm()).item()
     assert 1e-5 < rel < 5e-2  # bf16 really ran (not exact), and stays close
     seen = record.seen
-    assert seen["conv2d"] == {torch.bfloat16}  # every convolution in bf16
+    convs = ("conv2d", "_convolution_pointwise") if options.onednn_epilogues else ("conv2d",)
+    assert all(seen[n] == {torch.bfloat16} for n in convs)  # every convolution in bf16
+    assert ("_convolution_pointwise" in seen) == options.onednn_epilogues
     # Linear attention (its products and its normalising division), the LayerNorm and the
     # neck's resizes stay float32 inside the bf16 encoder.
     assert seen["matmul"] == {torch.float32} and seen["div"] == {torch.float32}

@@ -47,9 +47,9 @@ def test_config_has_the_xl_structure() -> None:
     assert enc.blocks == ("res", "fmb", "fmb", "fmb", "att", "att")
 
 
-@pytest.mark.parametrize("options", ["auto", "folding_only"])
+@pytest.mark.parametrize("options", ["exact", "folding_only"])
 def test_fast_path_matches_eager(xl_shaped, options: str) -> None:
-    opts = FastPathOptions.auto("cpu") if options == "auto" else FastPathOptions(
+    opts = FastPathOptions.exact("cpu") if options == "exact" else FastPathOptions(
         channels_last=False, winograd=False, gemm_pointwise=False, fuse_neck=False)
     fast = optimize_for_inference(xl_shaped, options=opts)
     x = _inputs()

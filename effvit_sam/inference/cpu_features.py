@@ -208,28 +208,39 @@ _MEASURED = ConvThresholds(64, 1024, "measured (README speed section) on a 2-cor
                                      "documented there as AVX2 without AVX-512")
 _COPIED = "not re-measured: the AVX2 values"
 
-# Per tier. Only the AVX2 entry is measured; the others copy it until someone measures them on
-# such a CPU (below these widths the transforms or the GEMM call cost more than they save).
+# Per tier. Below these widths the transforms or the GEMM call cost more than they save.
 CONV_THRESHOLDS: dict[str, ConvThresholds] = {
     "avx2": _MEASURED,
-    "avx512": ConvThresholds(64, 1024, _COPIED),
-    "amx": ConvThresholds(64, 1024, _COPIED + " (fp32 convolutions run on AVX-512 there)"),
+    "avx512": ConvThresholds(64, 1024, _COPIED + " (the AMX Xeon's AVX-512 float32 path measured "
+                                                 "best at the same widths)"),
+    "amx": ConvThresholds(64, 1024, "measured on a 2-core AMX Xeon's AVX-512 float32 path "
+                                    "(Winograd from 32/64/128/256 and GEMM from 256-2048 "
+                                    "channels swept, L0 and XL1; README); used by "
+                                    "FastPathOptions.exact(), auto runs bf16 there"),
     "arm": ConvThresholds(64, 1024, _COPIED),
     "baseline": ConvThresholds(64, 1024, _COPIED),
 }
 
+# Tiers where oneDNN's convolution with fused GELU / residual-add post-ops was measured faster
+# than the conv followed by the in-place epilogue (README; on the AVX2 EPYC it was slower).
+ONEDNN_EPILOGUE_TIERS = ("amx",)
 
 FAST_DECODER_REASON = ("SAM's mask decoder with the shared image-side work done once per call "
                        "and exact low-rank attention: logits within 1e-6 of SAM's, same keys")
 
 
-def _bf16_reason(f: CpuFeatures) -> str:
+BF16_AMX_FIGURES = ("measured on a 2-core AMX Xeon: L0 encoder 3.96x and XL1 4.58x eager "
+                    "float32 (batch 1), masks >= 99.5% equal to float32 on the reference weights "
+                    "and on the trained bundled model (XL1's official box prompt 99.41%; README); "
+                    "FastPathOptions.exact() keeps float32")
+
+
+def _bf16_reason(f: CpuFeatures, exact: bool) -> str:
     if f.amx:
-        return ("AMX-BF16 is here, and bf16 autocast was measured 2.2x (L0) / 2.35x (XL1) "
-                "eager float32 on such a Xeon at ~1-2% relative L2 on the embeddings, and "
-                "masks are >= 99.5% equal on the reference weights (L0 99.75%, XL1 99.66%) and "
-                "on the trained bundled model (99.96%), but it stays opt-in "
-                "(FastPathOptions.bf16()) until this package's bf16 path is timed on AMX")
+        if exact:
+            return "off: exact() keeps float32 (auto picks bf16 on this AMX CPU)"
+        return ("bf16: AMX-BF16 is here; oneDNN's AMX convolutions with linear attention, "
+                "LayerNorm and the neck's resizes in float32, " + BF16_AMX_FIGURES)
     if f.bf16_units:
         return ("bf16 dot products (AVX512-BF16 / ARM BF16) but no AMX tiles; bf16 was measured "
                 "~2x eager on a 2-core AVX512-BF16 EPYC (loaded machine) but is not exact "
@@ -239,13 +250,32 @@ def _bf16_reason(f: CpuFeatures) -> str:
             "eager float32 (L0 encoder, 2-core AVX2 EPYC), and less exact")
 
 
-def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool) -> dict[str, tuple[object, str]]:
+def _onednn_reason(f: CpuFeatures, on: bool, onednn: bool) -> str:
+    if not onednn:
+        return "off: this torch build has no oneDNN convolution"
+    if on:
+        return (f"tier {f.tier}: each plain conv with its GELU and residual add as one oneDNN "
+                "convolution with post-ops; measured L0 1.47x / XL1 1.51x eager in float32 "
+                "(1.36x / 1.42x without), and in bf16 3.96x / 4.58x (3.25x / 4.07x without: "
+                "PyTorch's bf16 GELU costs 25x a 1x1 conv)")
+    return (f"tier {f.tier}: not measured faster here (on the AVX2 EPYC the fused conv+GELU "
+            "was slower than the conv and the compiled GELU); opt in with "
+            "onednn_epilogues=True")
+
+
+def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool, onednn: bool = True,
+                exact: bool = False) -> dict[str, tuple[object, str]]:
     """``FastPathOptions.auto`` on a CPU with features ``f``: option name -> (value, why).
 
-    cxx_compiler: whether inductor finds a C++ compiler (the compiled GELU needs one). Every
-    ``FastPathOptions`` field is named, so ``effvit-sam env`` can say why for each.
+    cxx_compiler: whether inductor finds a C++ compiler (the compiled GELU needs one). onednn:
+    whether torch has oneDNN's fused convolution. exact: float32 only (``FastPathOptions.exact``),
+    no bf16 even where auto picks it. Every ``FastPathOptions`` field is named, so
+    ``effvit-sam env`` can say why for each.
     """
     t = CONV_THRESHOLDS[f.tier]
+    bf16 = f.amx and not exact
+    onednn_on = onednn and f.tier in ONEDNN_EPILOGUE_TIERS
+    rewrite_off = "off: a float32 rewrite, and the encoder runs in bf16 here (autocast_dtype)"
     vnni = "VNNI int8 dot products here" if f.avx512_vnni or f.avx_vnni or f.amx_int8 \
         else "no VNNI here: 7-bit activations"
     return {
@@ -254,17 +284,20 @@ def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool) -> dict[str, tuple[object
                                  "buffer, no activation-sized allocation each"),
         "channels_last": (True, "oneDNN's depthwise and 1x1 kernels prefer NHWC; the Winograd and "
                                 "GEMM convolutions need it"),
-        "winograd": (True, "float32 Winograd F(4x4,3x3) for wide stride-1 3x3 convs: 4x fewer "
-                           "multiplications, ~1e-5 relative rounding per conv"),
+        "winograd": (False, rewrite_off) if bf16 else (
+            True, "float32 Winograd F(4x4,3x3) for wide stride-1 3x3 convs: 4x fewer "
+                  "multiplications, ~1e-5 relative rounding per conv"),
         "winograd_min_channels": (t.winograd_min_channels, f"tier {f.tier}: {t.provenance}"),
-        "gemm_pointwise": (True, "1x1 convs reading many channels as one GEMM: oneDNN's 1x1 kernel "
-                                 "is 2-3x slower there; exact up to rounding"),
+        "gemm_pointwise": (False, rewrite_off) if bf16 else (
+            True, "1x1 convs reading many channels as one GEMM: oneDNN's 1x1 kernel is 2-3x "
+                  "slower there; exact up to rounding"),
         "gemm_min_in_channels": (t.gemm_min_in_channels, f"tier {f.tier}: {t.provenance}"),
         "fuse_neck": (True, "the neck's bicubic resizes as GEMMs accumulating into one buffer; "
                             "exact up to rounding"),
         "compiled_gelu": (cxx_compiler, "a C++ compiler was found: inductor's in-place GELU loop, "
                                         "half the time of PyTorch's tanh kernel" if cxx_compiler
                           else "no C++ compiler ($CXX, c++, g++, clang++): PyTorch's gelu_"),
+        "onednn_epilogues": (onednn_on, _onednn_reason(f, onednn_on, onednn)),
         "compile": (False, "opt-in: torch.compile's first call takes a minute or more on a small "
                            "CPU"),
         "freeze_weights": (True, "only used with compile: inductor folds and prepacks the weights"),
@@ -272,7 +305,7 @@ def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool) -> dict[str, tuple[object
                                     "a fresh mmap each (glibc)"),
         "int8_encoder": (False, f"lossy (~6% relative L2 on embeddings), opt-in with "
                                 f"FastPathOptions.int8(); {vnni}"),
-        "autocast_dtype": (None, _bf16_reason(f)),
+        "autocast_dtype": (torch.bfloat16 if bf16 else None, _bf16_reason(f, exact)),
         "quantize_decoder": (False, "lossy (masks 98-99% equal), opt-in"),
         "fast_decoder": (True, FAST_DECODER_REASON),
     }

@@ -11,6 +11,13 @@ bit-identical to the unfused ops.
 
 In place is only safe without autograd, so :class:`FusedConv` falls back to the out-of-place ops
 whenever a tensor needs a gradient, and while being traced or exported.
+
+:func:`use_onednn_epilogues` goes one step further on CPUs where it pays (AVX-512 and AMX, see
+``FastPathOptions.onednn_epilogues``): the conv, its residual add and its activation become one
+oneDNN convolution with the add and the activation as post-ops, applied to each output block
+while it is still in cache. In bf16 this matters most: PyTorch's own ``gelu_`` on a bf16
+tensor costs 25x the 1x1 convolution before it (11 ms against 0.45 ms for a 64->256 channel
+128x128 conv on a 2-core AMX Xeon), the post-op 1.1 ms.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class FusedConv(nn.Module):
         self.conv = conv
         self.act = act
         self._act_ = act_
+        self.post_op: tuple[str, str | None] | None = None  # set by use_onednn_epilogues
 
     @classmethod
     def from_conv_norm_act(cls, layer: ConvNormAct) -> FusedConv:
@@ -64,12 +72,53 @@ class FusedConv(nn.Module):
         return cls(layer.conv, layer.act)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        # Under torch.compile inductor fuses conv epilogues itself (weight freezing): the plain
+        # ops compile into one graph, where the oneDNN call would break it at every conv.
+        if self.post_op is not None and x.device.type == "cpu" \
+                and not torch.compiler.is_compiling() and not _needs_out_of_place(x, residual):
+            return self._onednn(x, residual)
         out = self.conv(x)
         if _needs_out_of_place(out, residual):
             return self.act(out + residual if residual is not None else out)
         if residual is not None:
             out.add_(residual)
         return self._act_(out)
+
+    def _onednn(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        conv, (attr, algorithm) = self.conv, self.post_op
+        # What autocast would hand the conv: its dtype, or else the weight's.
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") \
+            else conv.weight.dtype
+        w = conv.weight.to(dtype)
+        b = conv.bias.to(dtype) if conv.bias is not None else None
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x.to(dtype), w, b, *args, attr, [],
+                                                           algorithm)
+        # act(conv(x) + residual): oneDNN applies the binary post-op, then the eltwise one, but
+        # takes only ReLU after an add; other activations run in place on the fused sum.
+        fused_act = attr == "relu"
+        out = torch.ops.mkldnn._convolution_pointwise.binary(
+            x.to(dtype), residual.to(dtype), w, b, *args, "add", None,
+            "relu" if fused_act else None, [], None)
+        return out if fused_act or attr == "none" else self._act_(out)
+
+
+def _post_op(act: nn.Module) -> tuple[str, str | None] | None:
+    """oneDNN's name (and algorithm) for ``act`` as a convolution post-op; None if it has none."""
+    if isinstance(act, nn.Identity):
+        return ("none", None)
+    if isinstance(act, nn.GELU):
+        return ("gelu", act.approximate)  # "tanh" or "none" (erf)
+    if isinstance(act, nn.ReLU):
+        return ("relu", None)
+    return None
+
+
+def onednn_conv_available() -> bool:
+    """Whether this torch build has oneDNN's fused CPU convolution (``mkldnn`` ops)."""
+    return torch.backends.mkldnn.is_available() and \
+        hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 # The conv chain of each residual block type, in call order (their forward is exactly this chain).
@@ -138,4 +187,22 @@ def use_compiled_gelu(module: nn.Module) -> int:
                 and sub.act.approximate == "tanh":
             sub._act_ = gelu_tanh_
             count += 1
+    return count
+
+
+def use_onednn_epilogues(module: nn.Module) -> int:
+    """Makes every :class:`FusedConv` under ``module`` whose conv is a plain zero-padded
+    ``nn.Conv2d`` (not a Winograd or GEMM rewrite) and whose activation oneDNN has as a post-op
+    run as one oneDNN convolution with its residual add and activation fused (CPU, no autograd;
+    otherwise the unfused path). Returns how many were switched."""
+    if not onednn_conv_available():
+        raise RuntimeError("this torch build has no oneDNN convolution (torch.backends.mkldnn)")
+    count = 0
+    for sub in module.modules():
+        if isinstance(sub, FusedConv) and type(sub.conv) is nn.Conv2d \
+                and sub.conv.padding_mode == "zeros" and not isinstance(sub.conv.padding, str):
+            post_op = _post_op(sub.act)
+            if post_op is not None:
+                sub.post_op = post_op
+                count += 1
     return count

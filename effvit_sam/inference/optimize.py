@@ -31,13 +31,17 @@ float32 with a stated tolerance in ``tests/test_fastpath.py``:
 * ``compile`` - ``torch.compile`` (inductor) of the image encoder. On CPU it runs with inductor's
   weight freezing (constant-folded, prepacked oneDNN weights and conv+GELU epilogue fusion),
   enabled only around the compiled call, never globally. Embeddings within 1e-3.
+* ``onednn_epilogues`` - each plain conv (not a Winograd/GEMM rewrite) with its residual add and
+  activation as one oneDNN convolution with post-ops (:mod:`effvit_sam.inference.epilogue`; CPU,
+  auto on the tiers where it was measured faster; under ``compile`` inductor's own fusion runs
+  instead). Rounding of oneDNN's own GELU.
 * ``autocast_dtype`` - bf16/fp16 autocast of the encoder on GPU, bf16 on CPU (oneDNN's bf16
-  convolutions and GEMMs: AMX tiles or AVX512-BF16 where the CPU has them, emulated elsewhere).
-  The linear attention, the LayerNorm and the bicubic upsampling run in float32 inside the model
-  whatever the autocast dtype, as the official model requires (the fused neck resizes and sums
-  in float32 too). Excludes the float32 rewrites ``winograd`` and ``gemm_pointwise``. Not exact
-  (about 1e-2 relative L2 on embeddings); on CPU opt-in only (``FastPathOptions.bf16()``) until
-  its mask agreement is measured on the reference and a trained model.
+  convolutions: AMX tiles or AVX512-BF16 where the CPU has them, emulated elsewhere), with the
+  conv weights stored in bf16 once. Linear attention, LayerNorm and the bicubic upsampling run
+  in float32 whatever the autocast dtype, as the official model requires. Excludes the float32
+  rewrites ``winograd`` and ``gemm_pointwise``. Not exact (about 1e-2 relative L2 on
+  embeddings, masks >= 99.5% equal on the reference and a trained model): ``auto`` on AMX CPUs,
+  opt-in elsewhere (``FastPathOptions.bf16()``); ``FastPathOptions.exact()`` never uses it.
 * ``keep_freed_memory`` - make the process reuse freed CPU memory instead of page-faulting fresh
   memory for every large activation (:mod:`effvit_sam.inference.cpu_memory`; glibc Linux).
   Process-wide and applied on the first CPU encoder call; it changes no value, only where
@@ -78,7 +82,12 @@ from .cpu_features import (
 )
 from .cpu_memory import keep_freed_memory
 from .decoder import FastMaskDecoder
-from .epilogue import fuse_epilogues, use_compiled_gelu
+from .epilogue import (
+    fuse_epilogues,
+    onednn_conv_available,
+    use_compiled_gelu,
+    use_onednn_epilogues,
+)
 from .fuse import fuse
 from .gelu import cxx_compiler_available
 from .neck import fuse_neck
@@ -101,6 +110,7 @@ class FastPathOptions:
     gemm_min_in_channels: int = CONV_THRESHOLDS["avx2"].gemm_min_in_channels
     fuse_neck: bool = True
     compiled_gelu: bool = False
+    onednn_epilogues: bool = False
     compile: bool = False
     freeze_weights: bool = True
     keep_freed_memory: bool = False
@@ -136,17 +146,23 @@ class FastPathOptions:
             raise ValueError("int8_encoder quantises the plain convolutions: winograd, "
                              "gemm_pointwise and fuse_neck must be False; use "
                              "FastPathOptions.int8()")
+        if self.onednn_epilogues and (not self.fuse_epilogues or self.int8_encoder):
+            raise ValueError("onednn_epilogues fuses the epilogues of fuse_epilogues' convs: it "
+                             "needs fuse_epilogues=True and no int8_encoder")
         if self.int8_encoder and self.autocast_dtype is not None:
             raise ValueError("int8_encoder and autocast_dtype exclude each other")
 
     @classmethod
     def auto(cls, device: str | torch.device | None = None) -> FastPathOptions:
-        """The default for a device type and, on CPU, for this CPU: what measurably helps there.
+        """The default for a device type and, on CPU, for this CPU: what measurably helps there
+        and keeps the masks.
 
-        CPU: BN folding, epilogue fusion, channels-last, Winograd 3x3 and GEMM 1x1 convolutions
-        with the widths of this CPU's tier, the fused neck, the compiled GELU (when a C++
-        compiler is found) and kept freed memory, all float32 (``compile=True`` and bf16 are
-        opt-in, see the README).
+        CPU: BN folding, epilogue fusion, channels-last, the fused neck, the compiled GELU (when
+        a C++ compiler is found) and kept freed memory everywhere; then per instruction-set tier
+        (:attr:`~effvit_sam.inference.cpu_features.CpuFeatures.tier`): on AMX CPUs a bf16 encoder
+        with oneDNN's fused conv epilogues (masks >= 99.5% equal to float32, measured; README),
+        elsewhere float32 with the Winograd 3x3 and GEMM 1x1 convolutions at the tier's widths.
+        ``compile=True`` and int8 are opt-in. :meth:`exact` is the float32-only choice.
         CUDA: BN folding, epilogues, channels-last, a compiled encoder and bf16 autocast (fp16
         where the GPU has no bf16); cuDNN picks its own convolution algorithms.
         :meth:`auto_explained` gives the reason for each field.
@@ -154,12 +170,20 @@ class FastPathOptions:
         return cls.auto_explained(device)[0]
 
     @classmethod
-    def auto_explained(cls, device: str | torch.device | None = None
+    def exact(cls, device: str | torch.device | None = None) -> FastPathOptions:
+        """``auto`` without lossy options: float32 (exact up to rounding, embeddings within 1e-4
+        of eager) on every CPU, AMX included. On other devices the same as ``auto``."""
+        return cls.auto_explained(device, exact=True)[0]
+
+    @classmethod
+    def auto_explained(cls, device: str | torch.device | None = None, *, exact: bool = False
                        ) -> tuple[FastPathOptions, dict[str, str]]:
-        """``auto(device)`` and, for every field, why it has that value."""
+        """``auto(device)`` (``exact(device)`` with ``exact=True``) and, for every field, why it
+        has that value."""
         dev = torch.device(device if device is not None else "cpu")
         if dev.type == "cpu":
-            choices = cpu_choices(detect_cpu_features(), cxx_compiler=cxx_compiler_available())
+            choices = cpu_choices(detect_cpu_features(), cxx_compiler=cxx_compiler_available(),
+                                  onednn=onednn_conv_available(), exact=exact)
             return (cls(**{k: v for k, (v, _) in choices.items()}),
                     {k: why for k, (_, why) in choices.items()})
         gpu = cls(winograd=False, gemm_pointwise=False, fuse_neck=False)
@@ -169,6 +193,7 @@ class FastPathOptions:
                    winograd="off: cuDNN picks its own convolution algorithms",
                    gemm_pointwise="off: cuDNN picks its own convolution algorithms",
                    fuse_neck="off: a CPU rewrite", compiled_gelu="off: a CPU kernel",
+                   onednn_epilogues="off: a CPU kernel",
                    keep_freed_memory="off: a CPU allocator setting",
                    int8_encoder="off: CPU only", quantize_decoder="off: CPU only",
                    fast_decoder=FAST_DECODER_REASON,
@@ -189,9 +214,13 @@ class FastPathOptions:
 
     @classmethod
     def bf16(cls) -> FastPathOptions:
-        """The CPU fast path with a bf16 encoder (opt-in; not exact: see the module docstring)."""
-        return cls.auto("cpu").with_(autocast_dtype=torch.bfloat16, winograd=False,
-                                     gemm_pointwise=False)
+        """The CPU fast path with a bf16 encoder (``auto`` on AMX CPUs; elsewhere opt-in and
+        slower where the CPU has no bf16 units: see the module docstring). oneDNN's fused
+        epilogues are on wherever torch has them: PyTorch's own GELU on bf16 tensors is many
+        times slower than the fused post-op."""
+        return cls.exact("cpu").with_(autocast_dtype=torch.bfloat16, winograd=False,
+                                      gemm_pointwise=False,
+                                      onednn_epilogues=onednn_conv_available())
 
     @classmethod
     def int8(cls) -> FastPathOptions:
@@ -253,6 +282,18 @@ class FastImageEncoder(nn.Module):
         return out.float().contiguous()
 
 
+def _cast_conv_weights(encoder: nn.Module, dtype: torch.dtype) -> None:
+    """Stores every convolution's weight and bias in the autocast dtype, once: CPU autocast casts
+    them on every call otherwise (its weight cache only keeps tensors that require grad), about
+    10% of a bf16 L0 encoder call. Same values: autocast would round them the same way."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d):
+            for name in ("weight", "bias"):
+                param = getattr(module, name)
+                if param is not None:
+                    param.data = param.data.to(dtype)
+
+
 def _quantize_linear_int8(module: nn.Module) -> nn.Module:
     from torch.ao.quantization import quantize_dynamic
 
@@ -286,6 +327,9 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
         raise ValueError("quantize_decoder (dynamic int8) runs on CPU only")
     if opts.int8_encoder and dev.type != "cpu":
         raise ValueError("int8_encoder runs on CPU only")
+    if opts.onednn_epilogues and dev.type == "cpu" and not onednn_conv_available():
+        raise ValueError("onednn_epilogues needs a torch build with oneDNN "
+                         "(torch.backends.mkldnn.is_available() is False here)")
     if opts.int8_encoder and calibration is None:
         raise ValueError("int8_encoder needs calibration images: pass calibration= "
                          "(N x 3 x S x S preprocessed encoder inputs)")
@@ -318,8 +362,12 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
             convert_convs(encoder, winograd=opts.winograd, gemm_pointwise=opts.gemm_pointwise,
                           winograd_min_channels=opts.winograd_min_channels,
                           gemm_min_in_channels=opts.gemm_min_in_channels)
+        if opts.onednn_epilogues and dev.type == "cpu":
+            use_onednn_epilogues(encoder)  # the convs the rewrites above left plain
         if opts.channels_last:
             encoder = encoder.to(memory_format=torch.channels_last)
+        if opts.autocast_dtype is not None and dev.type == "cpu":
+            _cast_conv_weights(encoder, opts.autocast_dtype)
     for p in base.parameters():
         p.requires_grad_(False)
     if opts.quantize_decoder:

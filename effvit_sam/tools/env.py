@@ -64,7 +64,7 @@ def auto_lines(device: str) -> list[str]:
     lines = [f"FastPathOptions.auto({device!r}):"]
     for name in names:
         value = _value(getattr(opts, name))
-        lines.append(f"  {name:<{width}} = {value:<6} {why[name]}")
+        lines.append(f"  {name:<{width}} = {value:<8} {why[name]}")
     return lines
 
 
