@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from effvit_sam.errors import UserError
+from effvit_sam.inference import FastPathOptions
 from eval.cli import main
 from eval.datasets import EvalDataset
 from eval.runner import EvalTask, run_evaluation
@@ -67,10 +68,14 @@ def test_cli_fast_is_recorded_and_close_to_eager(tmp_path, capsys):
     eager, fast = tmp_path / "eager.json", tmp_path / "fast.json"
     assert main(_cli_args(tmp_path, "coco", "box", "--output", str(eager))) == 0
     assert main(_cli_args(tmp_path, "coco", "box", "--fast", "--output", str(fast))) == 0
-    assert "inference: fast path, FastPathOptions.auto: fold_bn" in capsys.readouterr().out
+    auto = FastPathOptions.auto("cpu")  # bf16 on AMX CPUs, float32 elsewhere
+    precision = "bfloat16 encoder (lossy)" if auto.autocast_dtype else "float32"
+    assert (f"inference: fast path, FastPathOptions.auto ({precision}): fold_bn"
+            in capsys.readouterr().out)
     inference = json.loads(fast.read_text())["settings"]["inference"]
     assert inference["fast"] is True and inference["options"]["fold_bn"] is True
-    assert inference["options"]["autocast_dtype"] is None
+    assert inference["options"]["autocast_dtype"] == (
+        None if auto.autocast_dtype is None else str(auto.autocast_dtype))
     m_eager = json.loads(eager.read_text())["metrics"]
     m_fast = json.loads(fast.read_text())["metrics"]
     assert m_fast["mIoU"] == pytest.approx(m_eager["mIoU"], abs=0.5)

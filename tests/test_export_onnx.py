@@ -25,6 +25,7 @@ from effvit_sam.export.onnx import (
     example_decoder_inputs,
     export_onnx,
 )
+from effvit_sam.inference import FastPathOptions
 from effvit_sam.inference.fuse import fuse
 from effvit_sam.tools.export import main
 
@@ -193,7 +194,7 @@ def test_onnx_predictor_runs_official_names_graphs(tiny, official: dict) -> None
     from effvit_sam.predictor import EfficientViTSamPredictor
 
     image = np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8)
-    ref = EfficientViTSamPredictor(tiny)
+    ref = EfficientViTSamPredictor(tiny, fast=FastPathOptions.exact())
     ref.set_image(image)
     boxes = np.array([[2.0, 3.0, 30.0, 40.0], [10.0, 5.0, 38.0, 20.0], [0.0, 0.0, 20.0, 20.0]])
     four = onp.OnnxSamPredictor(official[False]["encoder_path"], official[False]["decoder_path"])
@@ -274,7 +275,7 @@ def test_onnx_predictor_same_masks_as_torch_predictor(tiny, exported: dict, prom
     image = np.random.default_rng(3).integers(0, 256, (40, 64, 3), dtype=np.uint8)
     ours = onp.OnnxSamPredictor(exported["encoder_path"], exported["decoder_path"])
     ours.set_image(image)
-    ref = EfficientViTSamPredictor(tiny)
+    ref = EfficientViTSamPredictor(tiny, fast=FastPathOptions.exact())
     ref.set_image(image)
     masks, scores, low = ours.predict(**prompt)
     ref_masks, ref_scores, ref_low = ref.predict(**prompt)
@@ -304,7 +305,7 @@ def test_onnx_predictor_keeps_the_models_single_mask(tiny, exported: dict, tmp_p
     ours = onp.OnnxSamPredictor(paths["encoder_path"], paths["decoder_path"])
     assert ours.single_mask_mode == "best_of_three"
     ours.set_image(image)
-    ref = EfficientViTSamPredictor(model)
+    ref = EfficientViTSamPredictor(model, fast=FastPathOptions.exact())
     ref.set_image(image)
     boxes = np.array([[5.0, 8.0, 55.0, 35.0], [0.0, 0.0, 30.0, 30.0], [20.0, 5.0, 60.0, 39.0]])
     _, scores, low = ours.predict(boxes=boxes, multimask_output=False)

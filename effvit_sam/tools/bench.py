@@ -5,7 +5,10 @@ Engines, all in one process on the same weights and inputs:
 * ``eager`` - the model as built: float32 eager PyTorch, the official computation;
 * ``fused`` - :func:`effvit_sam.fuse_model`: BatchNorm folded, activations and residual adds in
   place; nothing else (opt-in: ``--engines``);
-* ``fast`` - :func:`effvit_sam.inference.optimize_for_inference` with ``FastPathOptions.auto``;
+* ``fast`` - :func:`effvit_sam.inference.optimize_for_inference` with ``FastPathOptions.auto``
+  (a bf16 encoder on AMX CPUs, float32 elsewhere);
+* ``exact`` - ``FastPathOptions.exact()``: the fast path in float32 only (the same as ``fast``
+  except on AMX CPUs; opt-in);
 * ``fast_direct`` - the fast path with oneDNN's own convolutions, the reference neck and
   PyTorch's GELU (``winograd``, ``gemm_pointwise``, ``fuse_neck`` and ``compiled_gelu`` off),
   to show what those add (opt-in);
@@ -60,7 +63,7 @@ from .bench_report import (
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("eager", "fused", "fast", "fast_direct", "compiled", "bf16", "int8", "onnx")
+ENGINES = ("eager", "fused", "fast", "exact", "fast_direct", "compiled", "bf16", "int8", "onnx")
 IMAGE_SIZE = (480, 640)  # the end-to-end image, H x W
 RSS_POLL_S = 0.002
 
@@ -214,9 +217,11 @@ def _build_engines(args: argparse.Namespace, model, device: torch.device,
             opts = FastPathOptions.eager().with_(fold_bn=True, fuse_epilogues=True)
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
-        elif name in ("fast", "fast_direct", "compiled", "bf16"):
+        elif name in ("fast", "exact", "fast_direct", "compiled", "bf16"):
             opts = FastPathOptions.auto(device).with_(compile=name == "compiled")
-            if name == "fast_direct":
+            if name == "exact":
+                opts = FastPathOptions.exact(device)
+            elif name == "fast_direct":
                 opts = opts.with_(winograd=False, gemm_pointwise=False, fuse_neck=False,
                                   compiled_gelu=False)
             elif name == "bf16":
@@ -321,7 +326,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per decoder figure")
     parser.add_argument("--engines", nargs="+", choices=ENGINES,
-                        default=[e for e in ENGINES if e not in ("fused", "fast_direct", "int8")])
+                        default=[e for e in ENGINES
+                                 if e not in ("fused", "exact", "fast_direct", "int8")])
     parser.add_argument("--sam", nargs="*", choices=SAM_BASELINES, default=["sam_vit_b"],
                         help="SAM encoders to compare with (random weights)")
     parser.add_argument("--vit-h", action="store_true",

@@ -13,7 +13,7 @@ import torch
 from ..inference.cpu_features import detect_cpu_features
 from ..io import atomic_write
 
-KEPT_MEMORY_ENGINES = ("fast", "fast_direct", "compiled", "int8")
+KEPT_MEMORY_ENGINES = ("fast", "exact", "fast_direct", "compiled", "bf16", "int8")
 SAM_BASELINES = ("sam_vit_b", "sam_vit_h")
 
 

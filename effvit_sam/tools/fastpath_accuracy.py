@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..inference.epilogue import onednn_conv_available
 from ..inference.optimize import FastPathOptions, optimize_for_inference
 from ..io import read_image
 from ..modeling import EfficientViTSam
@@ -39,11 +40,16 @@ OPTION_SETS: dict[str, FastPathOptions] = {
     "compiled_gelu": _E.with_(fuse_epilogues=True, compiled_gelu=True),
     "fast_decoder": _E.with_(fast_decoder=True),
     "auto": FastPathOptions.auto("cpu"),
+    "exact": FastPathOptions.exact("cpu"),
     "compile": FastPathOptions.auto("cpu").with_(compile=True),
-    "quantize_decoder": FastPathOptions.auto("cpu").with_(quantize_decoder=True),
+    "quantize_decoder": FastPathOptions.exact("cpu").with_(quantize_decoder=True),
     "bf16": FastPathOptions.bf16(),
     "int8": FastPathOptions.int8(),
 }
+
+if onednn_conv_available():  # torch builds without oneDNN cannot run it
+    OPTION_SETS["onednn_epilogues"] = _E.with_(fold_bn=True, fuse_epilogues=True,
+                                               onednn_epilogues=True)
 
 # Left out of the default list: inductor compiles for minutes on a small CPU, and bf16 is
 # emulated (slow) on CPUs without bf16 units.
