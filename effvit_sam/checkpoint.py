@@ -156,7 +156,13 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     cfg: SamConfig | None = getattr(model, "config", None)
     if cfg is None:
         raise ValueError("save_pretrained needs a model built by build_sam (it has no config)")
+    if type(getattr(model, "image_encoder", None)).__name__ == "FastImageEncoder":
+        raise ValueError("save_pretrained got an optimize_for_inference copy (folded, possibly "
+                         "bf16 weights under other names): save the model you optimised")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is a file: save_pretrained writes a folder (config.json "
+                         "and model.safetensors)")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
     meta = {"model_type": "efficientvit-sam", "config": cfg.to_dict()}

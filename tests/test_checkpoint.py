@@ -55,6 +55,21 @@ def test_save_pretrained_from_pretrained(tmp_path, trained_tiny) -> None:
     assert _same_weights(loaded, trained_tiny)
 
 
+def test_save_pretrained_refuses_a_file_and_an_inference_copy(tmp_path, trained_tiny) -> None:
+    from effvit_sam.inference import FastPathOptions, optimize_for_inference
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="model.pt is a file: save_pretrained writes a folder"):
+        save_pretrained(trained_tiny, target)
+    assert target.read_bytes() == b"keep me"
+    fast = optimize_for_inference(trained_tiny, options=FastPathOptions.exact().with_(
+        compiled_gelu=False))
+    with pytest.raises(ValueError, match="optimize_for_inference copy"):
+        save_pretrained(fast, tmp_path / "fast")
+    assert not (tmp_path / "fast").exists()
+
+
 def test_missing_unexpected_and_shape_errors_are_listed(tmp_path, trained_tiny) -> None:
     sd = dict(trained_tiny.state_dict())
     del sd["image_encoder.norm.weight"]
