@@ -128,3 +128,25 @@ def test_compiled_graphs_get_the_plain_ops(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setattr(FusedConv, "_onednn", lambda *a: pytest.fail("oneDNN path taken"))
         got = fused(x)
     assert (got - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_bf16_encoder_with_onednn_epilogues(tiny) -> None:
+    """auto + compile on an AMX CPU: inductor compiles the plain ops of the bf16 encoder in one
+    graph (no recompilation per conv) and stays as close to float32 as the eager bf16 path."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    opts = FastPathOptions.bf16().with_(compiled_gelu=False, onednn_epilogues=True)
+    x = _inputs(tiny, 1)
+    with torch.no_grad():
+        expected = tiny.encode(x)
+    eager_bf16 = optimize_for_inference(tiny, device="cpu", options=opts).encode(x)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    compiled = optimize_for_inference(tiny, device="cpu", options=opts.with_(compile=True))
+    got = compiled.encode(x)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert 1e-5 < rel < 5e-2
+    assert ((got - eager_bf16).norm() / expected.norm()).item() < 2e-2
