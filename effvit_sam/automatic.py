@@ -43,6 +43,7 @@ from torchvision.ops.boxes import batched_nms, box_area
 from tqdm import tqdm
 
 from . import geometry
+from .inference import FastPathOptions
 from .inference.decoder import FastMaskDecoder
 from .masks import inclusive_box_to_xywh
 from .predictor import EfficientViTSamPredictor, EncodedImage
@@ -126,7 +127,8 @@ class EfficientViTSamAutomaticMaskGenerator:
     inclusive pixel extents), ``predicted_iou``, ``stability_score``, ``point_coords``
     (``[[x, y]]`` original pixels) and ``crop_box`` (XYWH). ``crop_n_layers > 0`` adds
     overlapping crops (layer i has ``2**i x 2**i`` crops), each encoded on its own. ``fast``
-    and ``device`` are passed to :class:`EfficientViTSamPredictor` (``fast`` includes the
+    (True, False or a ``FastPathOptions``: ``exact()`` keeps float32 on AMX CPUs, where ``auto``
+    runs a bf16 encoder) and ``device`` go to :class:`EfficientViTSamPredictor` (``fast`` has the
     many-prompt decoder, :class:`effvit_sam.inference.decoder.FastMaskDecoder`, which decodes
     each batch of ``points_per_batch`` grid points in one call).
 
@@ -145,7 +147,7 @@ class EfficientViTSamAutomaticMaskGenerator:
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  point_grids: list[np.ndarray] | None = None, min_mask_region_area: int = 0,
                  output_mode: str = "binary_mask", progress: bool = False,
-                 device: str | torch.device | None = None, fast: bool = True,
+                 device: str | torch.device | None = None, fast: bool | FastPathOptions = True,
                  low_res_stability: bool = False) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")

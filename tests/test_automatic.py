@@ -107,6 +107,24 @@ def test_records_valid_on_efficientvit_model(tiny_records):
     assert scores == sorted(scores, reverse=True)  # NMS keeps them best first
 
 
+def test_fast_options_reach_the_predictor(tiny_records):
+    """fast=FastPathOptions.exact() is the float32 fast path (auto may be bf16 on AMX CPUs): the
+    records are the eager model's."""
+    from effvit_sam.inference import FastPathOptions
+
+    _, model = tiny_records
+    kw = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.3,
+              box_nms_thresh=0.7)
+    opts = FastPathOptions.exact().with_(compiled_gelu=False)
+    exact = EfficientViTSamAutomaticMaskGenerator(model, fast=opts, **kw)
+    assert exact.predictor.model.image_encoder.options == opts
+    eager = EfficientViTSamAutomaticMaskGenerator(model, fast=False, **kw).generate(_scene())
+    got = exact.generate(_scene())
+    assert len(got) == len(eager) > 0
+    for a, b in zip(got, eager, strict=True):  # exact up to float32 rounding
+        assert (a["segmentation"] == b["segmentation"]).mean() >= 0.9999
+
+
 def test_coco_rle_output_and_progress(tiny_records, capsys):
     records, model = tiny_records
     generator = EfficientViTSamAutomaticMaskGenerator(
