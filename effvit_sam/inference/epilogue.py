@@ -12,7 +12,7 @@ bit-identical to the unfused ops.
 In place is only safe without autograd, so :class:`FusedConv` falls back to the out-of-place ops
 whenever a tensor needs a gradient, and while being traced or exported.
 
-:func:`use_onednn_epilogues` goes one step further on CPUs where it pays (AVX-512 and AMX, see
+:func:`use_onednn_epilogues` goes one step further where it was measured to pay (AMX CPUs, see
 ``FastPathOptions.onednn_epilogues``): the conv, its residual add and its activation become one
 oneDNN convolution with the add and the activation as post-ops, applied to each output block
 while it is still in cache. In bf16 this matters most: PyTorch's own ``gelu_`` on a bf16

@@ -218,10 +218,9 @@ def _build_engines(args: argparse.Namespace, model, device: torch.device,
             fast = optimize_for_inference(model, device=device, options=opts)
             engine = _torch_engine(name, fast, device, prompts=args.prompts)
         elif name in ("fast", "exact", "fast_direct", "compiled", "bf16"):
-            opts = FastPathOptions.auto(device).with_(compile=name == "compiled")
-            if name == "exact":
-                opts = FastPathOptions.exact(device)
-            elif name == "fast_direct":
+            opts = FastPathOptions.exact(device) if name == "exact" \
+                else FastPathOptions.auto(device).with_(compile=name == "compiled")
+            if name == "fast_direct":
                 opts = opts.with_(winograd=False, gemm_pointwise=False, fuse_neck=False,
                                   compiled_gelu=False)
             elif name == "bf16":
