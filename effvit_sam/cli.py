@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "make-eval-set": ("distill.cli", "make_eval_set_main",
                       "write a synthetic COCO/LVIS-format validation set"),
     "make-microscopy": ("distill.microscopy", "main", "write made microscopy images + masks"),
+    "make-wafer-crops": ("distill.wafer_crops", "main",
+                         "write crops of made wafers + masks (to fine-tune for wafer scans)"),
     "cache-teacher": ("distill.cli", "cache_teacher_main", "cache teacher embeddings as shards"),
     "distill": ("distill.cli", "distill_main", "phase 1: distil the encoder from a teacher"),
     "finetune": ("distill.cli", "finetune_main", "phase 2: fine-tune the whole model end to end"),

@@ -13,6 +13,9 @@ no real objects, so this checks the merge logic, not a model): the share of seam
 objects recovered as one mask with IoU >= 0.9. (2) Tiles/s of the automatic generator per tile
 (``--model``, random weights unless ``--checkpoint``) with batched tile encoding vs one tile at
 a time, over the first ``--throughput-tiles`` tiles, and of the encoder alone. (3) Peak RSS.
+(4) With ``--seam-model``: the model's everything mode over the whole wafer and the share of
+seam-crossing objects it recovers as one mask, per category (a trained model: a random-weight
+one recovers nothing), with an overview picture (``--overview``).
 
 Each part runs in a child process of its own, so each peak RSS (``VmHWM``) is that part's.
 """
@@ -195,22 +198,18 @@ def run_everything(args: argparse.Namespace) -> dict:
     overlap = args.overlap if args.overlap is not None else tile // 8
     wafer, path = _wafer(Path(args.workdir), args.everything_size, tile, overlap, args.seed)
     size = (wafer.height, wafer.width)
-    objects = [CroppedMask.from_window(crop, x0, y0, size)
-               for _, crop, x0, y0 in wafer.objects() if crop.any()]
-    crossing = [o for o in objects if wafer.crosses_seam(o.rect)]
+    found = [(kind, CroppedMask.from_window(crop, x0, y0, size))
+             for kind, crop, x0, y0 in wafer.objects() if crop.any()]
+    objects = [obj for _, obj in found]
+    crossing = [(kind, o) for kind, o in found if wafer.crosses_seam(o.rect)]
     source = open_source(path)
     t = time.perf_counter()
     oracle = TiledMaskGenerator(GroundTruthSegmenter(objects), tile=tile, overlap=overlap,
                                 batch_size=args.batch_size, progress=True)
     merged = oracle.generate_merged(source)
     merge_seconds = time.perf_counter() - t
-    recovered = exact = 0
-    for obj in crossing:
-        rle = obj.to_rle()
-        near = [m for m in merged if _boxes_meet(obj.bbox_xywh, m.bbox_xywh)]
-        best = max((rle_iou(rle, m.rle) for m in near), default=0.0)
-        recovered += int(best >= SEAM_IOU)
-        exact += int(any(m.rle == rle for m in near))
+    recovered, exact = (sum(v for v in _seam_recall(crossing, merged, key)[0].values())
+                        for key in ("iou", "exact"))
     report = {"part": "everything", "size": args.everything_size, "tile": tile,
               "overlap": overlap, "tiles": len(tile_grid(*size, tile, overlap)),
               "oracle": {"objects": len(objects), "merged_masks": len(merged),
@@ -219,6 +218,10 @@ def run_everything(args: argparse.Namespace) -> dict:
                          "share": round(recovered / max(1, len(crossing)), 4),
                          "seconds": round(merge_seconds, 1)}}
     print(json.dumps(report["oracle"]), flush=True)
+    if args.seam_model:
+        report["model_seams"] = _model_seams(args, model, tile, overlap, source, crossing,
+                                             len(objects))
+        print(json.dumps(report["model_seams"]), flush=True)
     # Throughput of the real pipeline on the first tiles (a square block of them).
     side = max(1, int(math.isqrt(args.throughput_tiles)))
     extent = min(wafer.width, tile + (side - 1) * (tile - overlap))
@@ -246,6 +249,61 @@ def run_everything(args: argparse.Namespace) -> dict:
     return report
 
 
+def _seam_recall(crossing: list[tuple[str, CroppedMask]], merged: list, key: str = "iou"
+                 ) -> tuple[dict[str, int], dict[str, int]]:
+    """Per category: how many seam-crossing objects one merged mask recovers (``key`` "iou":
+    mask IoU >= :data:`SEAM_IOU`; "exact": the same RLE), and how many there are."""
+    hits: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    for kind, obj in crossing:
+        rle = obj.to_rle()
+        near = [m for m in merged if _boxes_meet(obj.bbox_xywh, m.bbox_xywh)]
+        if key == "exact":
+            hit = any(m.rle == rle for m in near)
+        else:
+            hit = max((rle_iou(rle, m.rle) for m in near), default=0.0) >= SEAM_IOU
+        hits[kind] = hits.get(kind, 0) + int(hit)
+        totals[kind] = totals.get(kind, 0) + 1
+    return hits, totals
+
+
+def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, source,
+                 crossing: list[tuple[str, CroppedMask]], num_objects: int) -> dict:
+    """``--seam-model``: the model's everything mode over the whole wafer (the generator's
+    default thresholds, ``--seam-points-per-side``), merged across seams; the share of
+    seam-crossing objects it recovers as one mask (IoU >= 0.9), per category; the overview
+    picture to ``--overview``."""
+    from ..automatic import EfficientViTSamAutomaticMaskGenerator
+    from ..tiled_everything import AutomaticTileSegmenter, TiledMaskGenerator
+
+    generator = EfficientViTSamAutomaticMaskGenerator(
+        model, points_per_side=args.seam_points_per_side, output_mode="binary_mask",
+        fast=not args.no_fast)
+    tiled = TiledMaskGenerator(AutomaticTileSegmenter(generator), tile=tile, overlap=overlap,
+                               batch_size=args.batch_size, progress=True)
+    t = time.perf_counter()
+    merged = tiled.generate_merged(source)
+    seconds = time.perf_counter() - t
+    hits, totals = _seam_recall(crossing, merged)
+    if args.overview is not None:
+        from PIL import Image
+
+        from ..io import atomic_write
+        from .segment_tiled import overview_picture
+
+        factor = max(1, -(-max(source.height, source.width) // 2048))
+        picture = overview_picture(source, merged, factor, None, None)
+        atomic_write(args.overview, lambda tmp: Image.fromarray(picture).save(
+            tmp, format=Image.registered_extensions()[args.overview.suffix.lower()]))
+    return {"model": args.model, "checkpoint": str(args.checkpoint),
+            "points_per_side": args.seam_points_per_side, "objects": num_objects,
+            "merged_masks": len(merged), "seam_crossing": sum(totals.values()),
+            "seam_crossing_iou_0.9": sum(hits.values()),
+            "share": round(sum(hits.values()) / max(1, sum(totals.values())), 4),
+            "per_category": {k: f"{hits[k]}/{totals[k]}" for k in sorted(totals)},
+            "seconds": round(seconds, 1), "tiles_per_s": round(tiled.tiles_encoded / seconds, 3)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("all", "prompts", "everything"), default="all")
@@ -264,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points-per-side", type=int, default=8,
                         help="automatic generator grid for the throughput run")
     parser.add_argument("--throughput-tiles", type=int, default=16)
+    parser.add_argument("--seam-model", action="store_true",
+                        help="everything part: also run the model over the whole wafer and "
+                             "report its seam recall (give trained weights: --checkpoint)")
+    parser.add_argument("--seam-points-per-side", type=int, default=16)
+    parser.add_argument("--overview", type=Path, help="with --seam-model: its overview picture")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="also write the report(s) as JSON")
     return parser

@@ -66,7 +66,7 @@ def _prompts(args: argparse.Namespace) -> list[dict]:
     return prompts
 
 
-def _overview(source, records_masks, factor: int, points, boxes) -> np.ndarray:
+def overview_picture(source, records_masks, factor: int, points, boxes) -> np.ndarray:
     """The image shrunk by ``factor`` with the masks (CroppedMask / MergedMask: any pixel set
     in a block) painted on."""
     from ..tiled_source import read_reduced
@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace, source, output: Path, fmt: str) -> int:
         points = [p[:2] for p in args.point]
         boxes = list(args.box)
     factor = max(1, math.ceil(max(source.height, source.width) / args.overview_size))
-    picture = _overview(source, drawn, factor, points, boxes)
+    picture = overview_picture(source, drawn, factor, points, boxes)
     atomic_write(output, lambda tmp: Image.fromarray(picture).save(tmp, format=fmt))
     if args.json is not None:
         write_json(args.json, {
