@@ -338,8 +338,9 @@ class EfficientViTSamAutomaticMaskGenerator:
         low_res_t = low_res.transpose(-1, -2)
         input_t = tuple(encoded.input_size[::-1])
         for i in range(0, len(low_res), step):
-            logits_t = geometry.postprocess_masks(low_res_t[i: i + step, None], input_t,
-                                                  (crop_w, crop_h), predictor.prompt_frame)[:, 0]
+            logits_t = geometry.postprocess_masks_lean(
+                low_res_t[i: i + step, None], input_t, (crop_w, crop_h),
+                predictor.prompt_frame)[:, 0]
             chunk = MaskData(iou_preds=iou[i: i + step], points=pts[i: i + step],
                              stability_score=calculate_stability_score(
                                  logits_t, threshold, self.stability_score_offset))

@@ -381,9 +381,10 @@ class EfficientViTSamPredictor:
         h, w = image.original_size
         step = max(1, _UPSCALE_ELEMENTS // (h * w * max(1, low_res.shape[1])))
         chunks = []
+        post = geometry.postprocess_masks_lean if self.fast else geometry.postprocess_masks
         for i in range(0, len(low_res), step):
-            up = geometry.postprocess_masks(low_res[i: i + step], image.input_size,
-                                            image.original_size, self.prompt_frame)
+            up = post(low_res[i: i + step], image.input_size, image.original_size,
+                      self.prompt_frame)
             chunks.append(up if return_logits else up > self.mask_threshold)
         return torch.cat(chunks)
 

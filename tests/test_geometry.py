@@ -48,6 +48,23 @@ def test_postprocess_masks_crops_then_resizes() -> None:
     assert (out[0, 0, :45, :45] > 0.5).all() and (out[0, 0, 55:, 55:] < 0.5).all()
 
 
+@pytest.mark.parametrize("original", [(768, 1024), (1024, 768), (1024, 1024), (333, 517),
+                                      (2000, 1500), (1000, 1), (3, 1024), (7, 5)])
+@pytest.mark.parametrize("frame, low", [(1024, 256), (512, 128), (1024, 128), (1000, 256)])
+def test_lean_postprocess_is_sams_bit_for_bit(original, frame, low) -> None:
+    """The fast path's upscaling reads fewer low-res rows/columns and skips a same-size resize;
+    every output value equals SAM's two-interpolation computation exactly (not just closely)."""
+    masks = torch.randn(2, 3, low, low, generator=torch.Generator().manual_seed(low)) * 5
+    input_size = geometry.preprocess_shape(*original, frame)
+    want = geometry.postprocess_masks(masks, input_size, original, frame)
+    got = geometry.postprocess_masks_lean(masks, input_size, original, frame)
+    assert got.shape == want.shape == (2, 3, *original)
+    assert torch.equal(got, want)
+    channels_last = masks.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(geometry.postprocess_masks_lean(channels_last, input_size, original,
+                                                       frame), want)
+
+
 def test_masks_to_boxes() -> None:
     masks = torch.zeros(2, 10, 12, dtype=torch.bool)
     masks[0, 2:5, 3:9] = True
