@@ -167,24 +167,90 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
-def merge_tile_masks(tile_masks: list[list[TileMask]], windows: list[Rect], *,
-                     merge_iou: float = 0.5) -> list[MergedMask]:
-    """Join masks of overlapping tiles into objects; every mask ends in exactly one object.
+def grid_cores(windows: list[Rect]) -> list[Rect]:
+    """Each window's core: its part of the image when every seam is cut at the middle of the
+    two neighbours' overlap (the cores of a :func:`effvit_sam.tiled.tile_grid` partition the
+    image). A tile's pixels far from its edges see the most context, so inside another tile's
+    core that tile's mask is the one to believe."""
+    def cuts(spans: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+        spans = sorted(set(spans))
+        out = {}
+        for k, (lo, hi) in enumerate(spans):
+            a = lo if k == 0 else max(lo, (spans[k - 1][1] + lo) // 2)
+            b = hi if k == len(spans) - 1 else min(hi, (hi + spans[k + 1][0]) // 2)
+            out[(lo, hi)] = (a, b) if a < b else (lo, hi)
+        return out
 
-    ``tile_masks[i]`` are the masks found in tile ``i`` (window ``windows[i]``). For every pair
+    xs = cuts([(w[0], w[2]) for w in windows])
+    ys = cuts([(w[1], w[3]) for w in windows])
+    out = []
+    for w in windows:
+        (cx0, cx1), (cy0, cy1) = xs[(w[0], w[2])], ys[(w[1], w[3])]
+        out.append((cx0, cy0, cx1, cy1))
+    return out
+
+
+def _clipped(mask: CroppedMask, cores: list[Rect]) -> CroppedMask:
+    """``mask`` without its pixels inside ``cores`` (other tiles' cores), cropped again."""
+    out = None
+    for core in cores:
+        ix = intersect(mask.rect, core) if mask.mask.size else None
+        if ix is None:
+            continue
+        if out is None:
+            out = mask.mask.copy()
+        out[ix[1] - mask.y0: ix[3] - mask.y0, ix[0] - mask.x0: ix[2] - mask.x0] = False
+    if out is None:
+        return mask
+    return CroppedMask.from_window(out, mask.x0, mask.y0, mask.image_size)
+
+
+def mask_iou(a: CroppedMask, b: CroppedMask) -> float:
+    """IoU of two masks of one image (0 when their crops do not meet)."""
+    if not a.mask.size or not b.mask.size or intersect(a.rect, b.rect) is None:
+        return 0.0
+    rect = (min(a.rect[0], b.rect[0]), min(a.rect[1], b.rect[1]),
+            max(a.rect[2], b.rect[2]), max(a.rect[3], b.rect[3]))
+    ra, rb = a.region(rect), b.region(rect)
+    return np.count_nonzero(ra & rb) / max(1, np.count_nonzero(ra | rb))
+
+
+def _distinct(masks: list[TileMask], duplicate_iou: float) -> list[TileMask]:
+    """``masks`` without near-copies (mask IoU >= ``duplicate_iou`` with a better-scored one).
+    The generator's box NMS misses them when a few stray pixels stretch one copy's box."""
+    kept: list[TileMask] = []
+    for m in sorted(masks, key=lambda m: -m.predicted_iou):
+        if all(mask_iou(m.mask, k.mask) < duplicate_iou for k in kept):
+            kept.append(m)
+    return kept
+
+
+def merge_tile_masks(tile_masks: list[list[TileMask]], windows: list[Rect], *,
+                     merge_iou: float = 0.5, duplicate_iou: float = 0.8) -> list[MergedMask]:
+    """Join masks of overlapping tiles into objects; every mask ends in at most one object.
+
+    ``tile_masks[i]`` are the masks found in tile ``i`` (window ``windows[i]``); of two masks of
+    one tile with mask IoU >= ``duplicate_iou`` only the better-scored is used. For every pair
     of tiles whose windows overlap, two masks (one from each) are the same object when their
     IoU inside the shared band is at least ``merge_iou``: an object cut by a seam is seen alike
-    by both tiles in the band, and an object inside the band is seen twice. Joins are
-    transitive (union-find), so an object crossing several seams becomes one. Each object is
-    the union of its masks (a :class:`MergedMask`), with the best ``predicted_iou`` /
-    ``stability_score`` of them.
+    by both tiles in the band, and an object inside the band is seen twice. Matching is one to
+    one per pair of tiles (best band IoU first), so a tile's second, looser mask of an object
+    (the object with some background) does not join it too. Joins are transitive
+    (union-find): an object crossing several seams becomes one. Where an object still holds
+    two masks of one tile, the one agreeing best with its neighbours is kept (the others are
+    duplicates). The object is the union of its tiles' masks, each believed only outside the
+    cores of the object's other tiles (:func:`grid_cores`): near a tile's edge its mask lacks
+    context, and a stray edge response no longer grows the object. Each object is a
+    :class:`MergedMask` with the best ``predicted_iou`` / ``stability_score`` of its masks.
     Objects are returned largest first.
     """
     if len(tile_masks) != len(windows):
         raise ValueError(f"{len(tile_masks)} tiles of masks for {len(windows)} windows")
+    tile_masks = [_distinct(masks, duplicate_iou) for masks in tile_masks]
     flat = [m for masks in tile_masks for m in masks]
     first = np.cumsum([0] + [len(masks) for masks in tile_masks])
     parent = list(range(len(flat)))
+    agreement = [0.0] * len(flat)
     rects = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
     for i in range(len(windows)):
         x0, y0, x1, y1 = rects[i]
@@ -193,12 +259,35 @@ def merge_tile_masks(tile_masks: list[list[TileMask]], windows: list[Rect], *,
                                     & (later[:, 1] < y1) & (y0 < later[:, 3])) + i + 1
         for j in neighbours:
             band = intersect(windows[i], windows[j])
-            for a in range(first[i], first[i + 1]):
-                for b in range(first[j], first[j + 1]):
-                    if band_iou(flat[a].mask, flat[b].mask, band) >= merge_iou:
-                        parent[_find(parent, a)] = _find(parent, b)
-    groups: dict[int, list[TileMask]] = {}
+            pairs = [(iou, a, b) for a in range(first[i], first[i + 1])
+                     for b in range(first[j], first[j + 1])
+                     if (iou := band_iou(flat[a].mask, flat[b].mask, band)) >= merge_iou]
+            taken: set[int] = set()
+            for iou, a, b in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
+                if a in taken or b in taken:
+                    continue
+                taken.update((a, b))
+                agreement[a] += iou
+                agreement[b] += iou
+                parent[_find(parent, a)] = _find(parent, b)
+    groups: dict[int, dict[int, int]] = {}  # root -> tile -> the tile's kept mask
+    tile_of = np.repeat(np.arange(len(windows)), np.diff(first))
     for k, m in enumerate(flat):
-        groups.setdefault(_find(parent, k), []).append(m)
-    merged = [MergedMask.of(group) for group in groups.values()]
+        kept = groups.setdefault(_find(parent, k), {})
+        best = kept.get(int(tile_of[k]))
+        if best is None or (agreement[k], m.predicted_iou) > (agreement[best],
+                                                              flat[best].predicted_iou):
+            kept[int(tile_of[k])] = k
+    cores = grid_cores(list(windows))
+    merged = []
+    for kept in groups.values():
+        parts = []
+        for tile, k in kept.items():
+            others = [cores[t] for t in kept if t != tile]
+            part = _clipped(flat[k].mask, others)
+            if part.mask.size:
+                parts.append(TileMask(part, tile, flat[k].predicted_iou,
+                                      flat[k].stability_score))
+        if parts:
+            merged.append(MergedMask.of(parts))
     return sorted(merged, key=lambda m: -m.area)

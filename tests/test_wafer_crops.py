@@ -78,6 +78,12 @@ def test_seam_recall_counts_each_category_and_misses_what_is_not_merged():
     kept = [Merged(o) for k, o in crossing if k != dropped]
     hits, _ = bench_tiled._seam_recall(crossing, kept, "exact")
     assert hits[dropped] == 0 and hits["die"] == totals["die"]
+    # A mask of 70 % of each die: found (IoU 0.7 >= 0.5), not precise (< 0.9).
+    dies = [o for k, o in crossing if k == "die"]
+    parts = [Merged(CroppedMask.from_window(o.mask[:, : o.mask.shape[1] * 7 // 10], o.x0, o.y0,
+                                            size)) for o in dies]
+    assert bench_tiled._seam_recall(crossing, parts)[0].get("die", 0) == 0
+    assert bench_tiled._seam_recall(crossing, parts, iou=0.5)[0]["die"] == len(dies)
 
 
 def test_bench_seam_model_part_reports_recall_and_writes_the_overview(tmp_path):
@@ -93,5 +99,10 @@ def test_bench_seam_model_part_reports_recall_and_writes_the_overview(tmp_path):
     assert 0 <= seams["seam_crossing_iou_0.9"] <= seams["seam_crossing"]
     assert sum(int(v.split("/")[1]) for v in seams["per_category"].values()) == \
         seams["seam_crossing"]
+    for kind, strict in seams["per_category"].items():  # IoU 0.5 finds at least what 0.9 does
+        loose = seams["per_category_iou_0.5"][kind]
+        assert loose.split("/")[1] == strict.split("/")[1]
+        assert int(loose.split("/")[0]) >= int(strict.split("/")[0])
+    assert (seams["pred_iou_thresh"], seams["stability_score_thresh"]) == (0.88, 0.95)
     with Image.open(tmp_path / "ov.png") as im:
         assert im.size == (300, 300)

@@ -249,10 +249,10 @@ def run_everything(args: argparse.Namespace) -> dict:
     return report
 
 
-def _seam_recall(crossing: list[tuple[str, CroppedMask]], merged: list, key: str = "iou"
-                 ) -> tuple[dict[str, int], dict[str, int]]:
+def _seam_recall(crossing: list[tuple[str, CroppedMask]], merged: list, key: str = "iou",
+                 iou: float = SEAM_IOU) -> tuple[dict[str, int], dict[str, int]]:
     """Per category: how many seam-crossing objects one merged mask recovers (``key`` "iou":
-    mask IoU >= :data:`SEAM_IOU`; "exact": the same RLE), and how many there are."""
+    mask IoU >= ``iou``; "exact": the same RLE), and how many there are."""
     hits: dict[str, int] = {}
     totals: dict[str, int] = {}
     for kind, obj in crossing:
@@ -261,7 +261,7 @@ def _seam_recall(crossing: list[tuple[str, CroppedMask]], merged: list, key: str
         if key == "exact":
             hit = any(m.rle == rle for m in near)
         else:
-            hit = max((rle_iou(rle, m.rle) for m in near), default=0.0) >= SEAM_IOU
+            hit = max((rle_iou(rle, m.rle) for m in near), default=0.0) >= iou
         hits[kind] = hits.get(kind, 0) + int(hit)
         totals[kind] = totals.get(kind, 0) + 1
     return hits, totals
@@ -269,8 +269,8 @@ def _seam_recall(crossing: list[tuple[str, CroppedMask]], merged: list, key: str
 
 def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, source,
                  crossing: list[tuple[str, CroppedMask]], num_objects: int) -> dict:
-    """``--seam-model``: the model's everything mode over the whole wafer (the generator's
-    default thresholds, ``--seam-points-per-side``), merged across seams; the share of
+    """``--seam-model``: the model's everything mode over the whole wafer (``--seam-*``:
+    its grid and thresholds, SAM's defaults unless given), merged across seams; the share of
     seam-crossing objects it recovers as one mask (IoU >= 0.9), per category; the overview
     picture to ``--overview``."""
     from ..automatic import EfficientViTSamAutomaticMaskGenerator
@@ -278,13 +278,15 @@ def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, sourc
 
     generator = EfficientViTSamAutomaticMaskGenerator(
         model, points_per_side=args.seam_points_per_side, output_mode="binary_mask",
-        fast=not args.no_fast)
+        pred_iou_thresh=args.seam_pred_iou_thresh,
+        stability_score_thresh=args.seam_stability_thresh, fast=not args.no_fast)
     tiled = TiledMaskGenerator(AutomaticTileSegmenter(generator), tile=tile, overlap=overlap,
                                batch_size=args.batch_size, progress=True)
     t = time.perf_counter()
     merged = tiled.generate_merged(source)
     seconds = time.perf_counter() - t
     hits, totals = _seam_recall(crossing, merged)
+    loose, _ = _seam_recall(crossing, merged, iou=0.5)  # found as one mask, if imprecise
     if args.overview is not None:
         from PIL import Image
 
@@ -296,11 +298,14 @@ def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, sourc
         atomic_write(args.overview, lambda tmp: Image.fromarray(picture).save(
             tmp, format=Image.registered_extensions()[args.overview.suffix.lower()]))
     return {"model": args.model, "checkpoint": str(args.checkpoint),
-            "points_per_side": args.seam_points_per_side, "objects": num_objects,
+            "points_per_side": args.seam_points_per_side,
+            "pred_iou_thresh": args.seam_pred_iou_thresh,
+            "stability_score_thresh": args.seam_stability_thresh, "objects": num_objects,
             "merged_masks": len(merged), "seam_crossing": sum(totals.values()),
             "seam_crossing_iou_0.9": sum(hits.values()),
             "share": round(sum(hits.values()) / max(1, sum(totals.values())), 4),
             "per_category": {k: f"{hits[k]}/{totals[k]}" for k in sorted(totals)},
+            "per_category_iou_0.5": {k: f"{loose[k]}/{totals[k]}" for k in sorted(totals)},
             "seconds": round(seconds, 1), "tiles_per_s": round(tiled.tiles_encoded / seconds, 3)}
 
 
@@ -326,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="everything part: also run the model over the whole wafer and "
                              "report its seam recall (give trained weights: --checkpoint)")
     parser.add_argument("--seam-points-per-side", type=int, default=16)
+    parser.add_argument("--seam-pred-iou-thresh", type=float, default=0.88,
+                        help="with --seam-model: the generator's pred_iou_thresh")
+    parser.add_argument("--seam-stability-thresh", type=float, default=0.95,
+                        help="with --seam-model: the generator's stability_score_thresh")
     parser.add_argument("--overview", type=Path, help="with --seam-model: its overview picture")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="also write the report(s) as JSON")
