@@ -298,7 +298,9 @@ class EfficientViTSamPredictor:
             mask_t = tensor(parts["mask"], torch.float)
         masks, scores, low_res = self._predict_torch(image, coords, labels_t, boxes_t, mask_t,
                                                      multimask_output, return_logits)
-        out = (masks.cpu().numpy(), scores.cpu().numpy(), low_res.cpu().numpy())
+        # float32 out also under a caller's autocast (numpy has no bfloat16)
+        out = tuple((t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).cpu().numpy()
+                    for t in (masks, scores, low_res))
         return out if batch_sizes else tuple(x[0] for x in out)
 
     def predict_torch(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,

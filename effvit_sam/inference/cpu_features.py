@@ -308,4 +308,6 @@ def cpu_choices(f: CpuFeatures, *, cxx_compiler: bool, onednn: bool = True,
         "autocast_dtype": (torch.bfloat16 if bf16 else None, _bf16_reason(f, exact)),
         "quantize_decoder": (False, "lossy (masks 98-99% equal), opt-in"),
         "fast_decoder": (True, FAST_DECODER_REASON),
+        "decoder_dtype": (None, "float32: the bf16 decoder is lossy (bench-decoder measures "
+                                "it), opt-in" + (" (AMX tiles here)" if f.amx else "")),
     }

@@ -41,6 +41,8 @@ their weights at every call. Inference only: no autograd path is promised.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
@@ -87,12 +89,18 @@ class FastMaskDecoder(nn.Module):
     ``(masks K x M x 4h x 4w logits, iou_pred K x M)``, M = 3 with ``multimask_output``, else 1.
     """
 
-    def __init__(self, mask_decoder: MaskDecoder, *, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, mask_decoder: MaskDecoder, *, chunk_size: int = DEFAULT_CHUNK,
+                 autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         _check_structure(mask_decoder)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, "
+                             f"got {autocast_dtype}")
         self.chunk_size = chunk_size
+        # Opt-in, lossy: the products in bf16/fp16 (AMX tiles on CPU), outputs float32.
+        self.autocast_dtype = autocast_dtype
         self.transformer_dim = mask_decoder.transformer_dim
         self.num_multimask_outputs = mask_decoder.num_multimask_outputs
         self.num_mask_tokens = mask_decoder.num_mask_tokens
@@ -111,11 +119,17 @@ class FastMaskDecoder(nn.Module):
         sparse, dense = sparse_prompt_embeddings, dense_prompt_embeddings
         h, w = image_embeddings.shape[-2:]  # checked by _chunks
         masks, ious = [], []
-        for _, x, hyper, iou in self._chunks(image_embeddings, image_pe, sparse, dense,
-                                             multimask_output):
-            masks.append(self._upscale_masks(x, hyper, (h, w)))
-            ious.append(iou)
+        with self._autocast(image_embeddings.device):
+            for _, x, hyper, iou in self._chunks(image_embeddings, image_pe, sparse, dense,
+                                                 multimask_output):
+                masks.append(self._upscale_masks(x, hyper, (h, w)).float())
+                ious.append(iou.float())
         return torch.cat(masks), torch.cat(ious)
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
 
     @staticmethod
     def _check(image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
@@ -150,20 +164,22 @@ class FastMaskDecoder(nn.Module):
         """
         h, w = image_embeddings.shape[-2:]  # checked by _chunks
         masks, ious, index = [], [], []
-        for start, x, hyper, iou in self._chunks(image_embeddings, image_pe,
-                                                 sparse_prompt_embeddings,
-                                                 dense_prompt_embeddings, multimask_output):
-            keep = iou > iou_threshold
-            rows = keep.any(1).nonzero()[:, 0]
-            if not len(rows):
-                continue
-            up = self._upscale_masks(x[rows], hyper[rows], (h, w))
-            kept = keep[rows]
-            m = iou.shape[1]
-            masks.append(up[kept])
-            ious.append(iou[rows][kept])
-            flat = (rows[:, None] + start) * m + torch.arange(m, device=rows.device)
-            index.append(flat[kept])
+        with self._autocast(image_embeddings.device):
+            for start, x, hyper, iou in self._chunks(image_embeddings, image_pe,
+                                                     sparse_prompt_embeddings,
+                                                     dense_prompt_embeddings, multimask_output):
+                iou = iou.float()
+                keep = iou > iou_threshold
+                rows = keep.any(1).nonzero()[:, 0]
+                if not len(rows):
+                    continue
+                up = self._upscale_masks(x[rows], hyper[rows], (h, w)).float()
+                kept = keep[rows]
+                m = iou.shape[1]
+                masks.append(up[kept])
+                ious.append(iou[rows][kept])
+                flat = (rows[:, None] + start) * m + torch.arange(m, device=rows.device)
+                index.append(flat[kept])
         if not masks:
             empty = image_embeddings.new_zeros((0, 4 * h, 4 * w))
             return empty, image_embeddings.new_zeros(0), torch.zeros(0, dtype=torch.long)
@@ -344,6 +360,8 @@ def _i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in:
         scores = torch.baddbmm(bias.reshape(b, heads * n, 1), g, xp.transpose(1, 2))
         length = scores.shape[2]
         a = scores.view(b, heads, n, length).softmax(2).view(b, heads * n, length)
-    if x.shape[0] == b and owns_x:  # the old image tokens are not needed again: update in place
+    if x.shape[0] == b and owns_x and not torch.is_autocast_enabled(x.device.type):
+        # the old image tokens are not needed again: update in place (not under autocast, whose
+        # products come out in another dtype than x)
         return x.baddbmm_(a.transpose(1, 2), m)
     return torch.baddbmm(x.expand(b, -1, -1), a.transpose(1, 2), m)

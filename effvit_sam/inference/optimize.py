@@ -58,6 +58,9 @@ float32 with a stated tolerance in ``tests/test_fastpath.py``:
   GEMMs; same weights and state-dict keys, low-res logits within 1e-3 of ``MaskDecoder`` in
   float32 (measured ~4e-7). On by default; not combined with ``quantize_decoder``, whose int8
   ``Linear`` layers it cannot read (that option keeps SAM's decoder, quantised).
+* ``decoder_dtype`` - autocast dtype of the fast decoder's products (bf16 on CPU, through AMX
+  tiles where the CPU has them; bf16/fp16 on GPU); outputs stay float32. Lossy and opt-in: its
+  accuracy is printed by ``effvit-sam bench-decoder`` (README).
 * ``quantize_decoder`` - dynamic int8 quantisation of the mask decoder's ``nn.Linear`` layers
   (CPU only; the encoder has no Linear layers). Changes masks slightly; off by default.
 """
@@ -118,6 +121,7 @@ class FastPathOptions:
     autocast_dtype: torch.dtype | None = None
     quantize_decoder: bool = False
     fast_decoder: bool = True
+    decoder_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.autocast_dtype is not None and self.autocast_dtype not in _AUTOCAST_DTYPES:
@@ -151,6 +155,12 @@ class FastPathOptions:
                              "needs fuse_epilogues=True and no int8_encoder")
         if self.int8_encoder and self.autocast_dtype is not None:
             raise ValueError("int8_encoder and autocast_dtype exclude each other")
+        if self.decoder_dtype is not None and (self.decoder_dtype not in _AUTOCAST_DTYPES
+                                               or not self.fast_decoder
+                                               or self.quantize_decoder):
+            raise ValueError(f"decoder_dtype must be one of {_AUTOCAST_DTYPES} or None and "
+                             f"needs fast_decoder=True without quantize_decoder, got "
+                             f"{self.decoder_dtype}")
 
     @classmethod
     def auto(cls, device: str | torch.device | None = None) -> FastPathOptions:
@@ -197,6 +207,7 @@ class FastPathOptions:
                    keep_freed_memory="off: a CPU allocator setting",
                    int8_encoder="off: CPU only", quantize_decoder="off: CPU only",
                    fast_decoder=FAST_DECODER_REASON,
+                   decoder_dtype="float32: a bf16/fp16 decoder is lossy, opt-in",
                    winograd_min_channels="unused: winograd is off",
                    gemm_min_in_channels="unused: gemm_pointwise is off",
                    freeze_weights="CPU inductor only")
@@ -323,6 +334,8 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
     if opts.autocast_dtype == torch.float16 and dev.type == "cpu":
         raise ValueError("autocast_dtype=torch.float16 is for GPUs; on CPU use torch.bfloat16 "
                          "(FastPathOptions.bf16())")
+    if opts.decoder_dtype == torch.float16 and dev.type == "cpu":
+        raise ValueError("decoder_dtype=torch.float16 is for GPUs; on CPU use torch.bfloat16")
     if opts.quantize_decoder and dev.type != "cpu":
         raise ValueError("quantize_decoder (dynamic int8) runs on CPU only")
     if opts.int8_encoder and dev.type != "cpu":
@@ -373,7 +386,7 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
     if opts.quantize_decoder:
         decoder = _quantize_linear_int8(base.mask_decoder)
     elif opts.fast_decoder:
-        decoder = FastMaskDecoder(base.mask_decoder)
+        decoder = FastMaskDecoder(base.mask_decoder, autocast_dtype=opts.decoder_dtype)
     else:
         decoder = base.mask_decoder
     log.info("fast path on %s: %s", dev, opts)

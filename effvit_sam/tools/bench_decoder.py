@@ -35,6 +35,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..automatic import EfficientViTSamAutomaticMaskGenerator
 from ..inference.decoder import FastMaskDecoder
+from ..inference.optimize import FastPathOptions
 from ..predictor import EfficientViTSamPredictor
 from .bench import PeakMemory
 
@@ -169,7 +170,9 @@ def decoder_accuracy(model: torch.nn.Module, embedding: torch.Tensor, *, prompts
               torch.randint(0, 2, (prompts, 2), generator=gen))
     corners = torch.sort(torch.rand(prompts, 2, 2, generator=gen) * frame, dim=1).values
     rows = []
-    options = {"fast_decoder (float32)": FastMaskDecoder(model.mask_decoder)}
+    options = {"fast_decoder (float32)": FastMaskDecoder(model.mask_decoder),
+               "fast_decoder, decoder_dtype bf16 (opt-in)":
+                   FastMaskDecoder(model.mask_decoder, autocast_dtype=torch.bfloat16)}
     with torch.inference_mode():
         for prompt, kw in (("points", {"points": points, "boxes": None}),
                            ("boxes", {"points": None, "boxes": corners.reshape(prompts, 4)})):
@@ -217,21 +220,26 @@ def _bench_boxes(model, image: np.ndarray, count: int, runs: int, device: torch.
     boxes = xy.reshape(count, 4)
     official = OfficialPredictor(model, device=device)
     ours = EfficientViTSamPredictor(model, device=device)
-    official.set_image(image)
-    ours.set_image(image)
+    bf16 = EfficientViTSamPredictor(model, device=device, fast=FastPathOptions.auto(device).with_(
+        decoder_dtype=torch.bfloat16))  # the opt-in bf16 decoder, measured beside
+    for predictor in (official, ours, bf16):
+        predictor.set_image(image)
 
     def one_call_per_box():
         return np.stack([official.predict(box=b, multimask_output=False)[2] for b in boxes])
 
     times, peaks, out = _median_times(
         {"official": one_call_per_box,
-         "ours": lambda: ours.predict(boxes=boxes, multimask_output=False)[2]}, runs, device)
+         "ours": lambda: ours.predict(boxes=boxes, multimask_output=False)[2],
+         "bf16": lambda: bf16.predict(boxes=boxes, multimask_output=False)[2]}, runs, device)
     want, got = out["official"], out["ours"]
     return {"boxes": count, "official_s": times["official"], "ours_s": times["ours"],
             "x_vs_official": times["official"] / times["ours"],
             "logit_max_abs": float(np.abs(want - got).max()),
             "mask_agreement": float(((want > 0) == (got > 0)).mean()),
-            "official_peak_mb": peaks["official"], "ours_peak_mb": peaks["ours"]}
+            "official_peak_mb": peaks["official"], "ours_peak_mb": peaks["ours"],
+            "bf16_decoder_s": times["bf16"], "bf16_x_vs_official": times["official"] /
+            times["bf16"], "bf16_mask_agreement": float(((want > 0) == (out["bf16"] > 0)).mean())}
 
 
 def _bench_everything(model, image: np.ndarray, args: argparse.Namespace,
@@ -273,7 +281,10 @@ def _markdown(result: dict) -> str:
               "peak MiB official / ours |", "|---|---|---|---|---|---|",
               f"| {b['boxes']} | {b['official_s']:.2f} | {b['ours_s']:.2f} | "
               f"{b['x_vs_official']:.2f} | {100 * b['mask_agreement']:.3f}% | "
-              f"{b['official_peak_mb']:.0f} / {b['ours_peak_mb']:.0f} |", ""]
+              f"{b['official_peak_mb']:.0f} / {b['ours_peak_mb']:.0f} |",
+              f"| {b['boxes']}, decoder_dtype bf16 (opt-in) | {b['official_s']:.2f} | "
+              f"{b['bf16_decoder_s']:.2f} | {b['bf16_x_vs_official']:.2f} | "
+              f"{100 * b['bf16_mask_agreement']:.3f}% | – |", ""]
     lines += ["| everything | engine | official s | ours s | x | masks official / ours | "
               "matched (IoU >= 0.9) | peak MiB official / ours |",
               "|---|---|---|---|---|---|---|---|"]
