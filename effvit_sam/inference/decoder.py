@@ -23,6 +23,8 @@ function (low-res logits within 1e-3 in float32, ``tests/test_fast_decoder.py``)
     and output ``sum_h A_h v_h Wo_h^T + bo = A M`` with ``M_h = v_h Wo_h^T + bo / H`` (each
     head's softmax rows sum to 1): the image-side projection and ``out_proj`` over ``L``
     tokens become one ``L x HN`` by ``HN x C`` product, accumulated onto ``X`` (``baddbmm``).
+* **The final token->image attention for the tokens read after it only**: the IoU token and
+  the returned mask tokens (2 of 7 query tokens for a box's single mask, 4 of 7 multimask).
 * **Upscaling as GEMMs on the token-major layout**: each 2x2 stride-2 transposed convolution is
   one matrix product per pixel; ``LayerNorm2d`` is one ``F.layer_norm``; only the masks that
   are returned (3 of 4 with ``multimask_output``, else 1) are multiplied with the
@@ -251,12 +253,16 @@ class FastMaskDecoder(nn.Module):
                                 owns_x=i > 0)
             x = layer.norm4(x)
         t = self.transformer
-        attn_out = _t2i_low_rank(t.final_attn_token_to_image, queries + point_pe, x, x + pe)
-        queries = t.norm_final_attn(queries + attn_out)
+        # Only the IoU token and the returned mask tokens are read after the final attention
+        # (its query rows are independent): 2 of 7 tokens for one box's single mask.
         chosen = range(self.num_mask_tokens)[masks_idx]
-        hyper = torch.stack([self.output_hypernetworks_mlps[j](queries[:, 1 + j]) for j in chosen],
-                            dim=1)
-        iou = self.iou_prediction_head(queries[:, 0])[:, masks_idx]
+        rows = [0, *(1 + j for j in chosen)]
+        attn_out = _t2i_low_rank(t.final_attn_token_to_image, (queries + point_pe)[:, rows], x,
+                                 x + pe)
+        kept = t.norm_final_attn(queries[:, rows] + attn_out)
+        hyper = torch.stack([self.output_hypernetworks_mlps[j](kept[:, 1 + k])
+                             for k, j in enumerate(chosen)], dim=1)
+        iou = self.iou_prediction_head(kept[:, 0])[:, masks_idx]
         return x, hyper, iou
 
     # -- mask upscaling -------------------------------------------------------------------------
