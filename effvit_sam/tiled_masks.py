@@ -205,22 +205,14 @@ def _clipped(mask: CroppedMask, cores: list[Rect]) -> CroppedMask:
     return CroppedMask.from_window(out, mask.x0, mask.y0, mask.image_size)
 
 
-def mask_iou(a: CroppedMask, b: CroppedMask) -> float:
-    """IoU of two masks of one image (0 when their crops do not meet)."""
-    if not a.mask.size or not b.mask.size or intersect(a.rect, b.rect) is None:
-        return 0.0
-    rect = (min(a.rect[0], b.rect[0]), min(a.rect[1], b.rect[1]),
-            max(a.rect[2], b.rect[2]), max(a.rect[3], b.rect[3]))
-    ra, rb = a.region(rect), b.region(rect)
-    return np.count_nonzero(ra & rb) / max(1, np.count_nonzero(ra | rb))
-
-
 def _distinct(masks: list[TileMask], duplicate_iou: float) -> list[TileMask]:
     """``masks`` without near-copies (mask IoU >= ``duplicate_iou`` with a better-scored one).
     The generator's box NMS misses them when a few stray pixels stretch one copy's box."""
     kept: list[TileMask] = []
     for m in sorted(masks, key=lambda m: -m.predicted_iou):
-        if all(mask_iou(m.mask, k.mask) < duplicate_iou for k in kept):
+        height, width = m.mask.image_size
+        whole = (0, 0, width, height)  # band_iou over the whole image: the masks' IoU
+        if all(band_iou(m.mask, k.mask, whole) < duplicate_iou for k in kept):
             kept.append(m)
     return kept
 
