@@ -10,6 +10,11 @@ of the tests, a segment_anything ``Sam`` behind an adapter, ...):
   padding); optional ``mask_input`` ``K x 1 x 256 x 256`` logits. Returns
   ``(masks K x M x H x W bool, scores K x M, low_res K x M x 256 x 256)``: M = 3 with
   ``multimask_output``, else 1; scores are the model's predicted IoUs.
+
+A predictor may also have ``predict_best`` (same keywords): per prompt only the mask with the
+highest predicted IoU, ``(masks K x H x W, scores K, low_res K x 256 x 256)``, which is all the
+evaluators keep. :func:`predict_best` calls it where it exists and otherwise picks from
+``predict_batch`` (:func:`best_masks`): the same masks either way, the first upscales a third.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 
 from effvit_sam import geometry
-from effvit_sam.predictor import EfficientViTSamPredictor
+from effvit_sam.predictor import EfficientViTSamPredictor, ImageNotSetError
 
 
 class BatchPredictor(Protocol):
@@ -58,6 +63,18 @@ class SamBatchPredictor:
     def predict_batch(self, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
                       labels: np.ndarray | None = None, mask_input: np.ndarray | None = None,
                       multimask_output: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._predict(boxes, points, labels, mask_input, multimask_output, best=False)
+
+    def predict_best(self, *, boxes: np.ndarray | None = None, points: np.ndarray | None = None,
+                     labels: np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                     multimask_output: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per prompt the mask with the highest predicted IoU (``K x H x W``), its score and its
+        low-res logits. Only those masks are upscaled to the image, with
+        :func:`effvit_sam.geometry.postprocess_masks_lean` (bit for bit SAM's upscaling): for
+        three masks per prompt, a third of the interpolation or less."""
+        return self._predict(boxes, points, labels, mask_input, multimask_output, best=True)
+
+    def _predict(self, boxes, points, labels, mask_input, multimask_output: bool, *, best: bool):
         if (points is None) != (labels is None):
             raise ValueError("points and labels must be given together")
         if (boxes is None) == (points is None):
@@ -84,16 +101,52 @@ class SamBatchPredictor:
         masks, scores, low_res = [], [], []
         for start in range(0, count, self.max_prompts):
             part = slice(start, start + self.max_prompts)
-            m, s, low = self.predictor.predict_torch(
-                None if point_t is None else point_t[part],
-                None if label_t is None else label_t[part],
-                boxes=None if box_t is None else box_t[part],
-                mask_input=None if mask_t is None else mask_t[part],
-                multimask_output=multimask_output)
+            args = (None if point_t is None else point_t[part],
+                    None if label_t is None else label_t[part])
+            kwargs = {"boxes": None if box_t is None else box_t[part],
+                      "mask_input": None if mask_t is None else mask_t[part],
+                      "multimask_output": multimask_output}
+            if best:
+                m, s, low = self._decode_best(*args, **kwargs)
+            else:
+                m, s, low = self.predictor.predict_torch(*args, **kwargs)
             masks.append(m.cpu().numpy())
             scores.append(s.float().cpu().numpy())
             low_res.append(low.float().cpu().numpy())
         return np.concatenate(masks), np.concatenate(scores), np.concatenate(low_res)
+
+    @torch.inference_mode()
+    def _decode_best(self, points, labels, **kwargs):
+        pred = self.predictor
+        if not pred.images:
+            raise ImageNotSetError("no image is set: call set_image(...) before predicting")
+        image = pred.images[-1]
+        low, scores = pred.decode_low_res(image, points, labels, kwargs["boxes"],
+                                          kwargs["mask_input"], kwargs["multimask_output"])
+        pick = scores.argmax(dim=1)
+        rows = torch.arange(len(low), device=low.device)
+        low, scores = low[rows, pick], scores[rows, pick]
+        h, w = image.original_size
+        step = max(1, _UPSCALE_ELEMENTS // (h * w))
+        masks = torch.cat([
+            geometry.postprocess_masks_lean(low[i: i + step, None], image.input_size,
+                                            image.original_size, pred.prompt_frame)[:, 0]
+            > pred.mask_threshold for i in range(0, len(low), step)])
+        return masks, scores, low
+
+
+def predict_best(predictor: BatchPredictor, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``predictor.predict_best(**kwargs)`` where it has one, else the best of
+    ``predict_batch`` (:func:`best_masks`): per prompt the mask with the highest predicted IoU,
+    its score and its low-res logits."""
+    own = getattr(predictor, "predict_best", None)
+    if own is not None:
+        return own(**kwargs)
+    masks, scores, low_res = predictor.predict_batch(**kwargs)
+    return best_masks(masks, scores), scores.max(axis=1), best_masks(low_res, scores)
+
+
+_UPSCALE_ELEMENTS = 1 << 26  # pixels upscaled at once (as the predictor's own upscale)
 
 
 def best_masks(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ from .clicks import Click, clicks_to_arrays, first_click, next_click
 from .coco_metrics import LVIS_MAX_DETS, coco_segm_ap, lvis_segm_ap
 from .datasets import SKIP_REASONS, EvalDataset, Instance, load_detections
 from .metrics import InstanceResult, mask_iou, miou_table, size_counts
-from .predictors import BatchPredictor, best_masks
+from .predictors import BatchPredictor, predict_best
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ def eval_image_boxes(predictor: BatchPredictor, image: np.ndarray, instances: li
     """GT-box prompts for all instances of one image in one batched call."""
     predictor.set_image(image)
     boxes = np.stack([inst.box_xyxy for inst in instances])
-    masks, scores, _ = predictor.predict_batch(boxes=boxes, multimask_output=True)
-    chosen = best_masks(masks, scores)
+    chosen, _, _ = predict_best(predictor, boxes=boxes, multimask_output=True)
     return [InstanceResult(inst.ann_id, inst.image_id, inst.size, (mask_iou(pred, gt),))
             for inst, pred, gt in zip(instances, chosen, gts, strict=True)]
 
@@ -131,11 +130,10 @@ def eval_image_clicks(predictor: BatchPredictor, image: np.ndarray, instances: l
     previous = None
     for round_ in range(num_clicks):
         coords, labels = clicks_to_arrays(clicks)
-        masks, scores, low_res = predictor.predict_batch(
-            points=coords, labels=labels, mask_input=previous, multimask_output=True)
-        chosen = best_masks(masks, scores)
+        chosen, _, low_res = predict_best(predictor, points=coords, labels=labels,
+                                          mask_input=previous, multimask_output=True)
         if feed_logits:
-            previous = best_masks(low_res, scores)[:, None]
+            previous = low_res[:, None]
         for i, (pred, gt) in enumerate(zip(chosen, gts, strict=True)):
             ious[i].append(mask_iou(pred, gt))
             if round_ + 1 < num_clicks:
@@ -158,11 +156,11 @@ def eval_image_detections(predictor: BatchPredictor, image: np.ndarray, image_id
     if not keep:
         return [], skipped
     predictor.set_image(image)
-    masks, scores, _ = predictor.predict_batch(boxes=np.stack([boxes[i] for i in keep]),
-                                            multimask_output=True)
+    chosen, _, _ = predict_best(predictor, boxes=np.stack([boxes[i] for i in keep]),
+                                multimask_output=True)
     results = [{"image_id": image_id, "category_id": int(detections[i]["category_id"]),
                 "segmentation": mask_to_rle(mask), "score": float(detections[i]["score"])}
-               for i, mask in zip(keep, best_masks(masks, scores), strict=True)]
+               for i, mask in zip(keep, chosen, strict=True)]
     return results, skipped
 
 

@@ -261,3 +261,34 @@ def test_adapter_matches_the_project_predictor(tiny_model):
         np.testing.assert_allclose(low, ref_low, atol=1e-5)
     with pytest.raises(ValueError, match="either boxes or points"):
         adapter.predict_batch(multimask_output=True)
+
+
+@pytest.mark.parametrize("shape", [(90, 130), (131, 77), (256, 256)])
+def test_adapter_predict_best_is_the_best_of_predict_batch(tiny_model, shape):
+    """predict_best upscales only each prompt's best mask, through the lean upscaling: the same
+    masks, scores and low-res logits as picking from predict_batch, for any image shape, with
+    and without mask_input and for one or three masks per prompt."""
+    from eval.predictors import SamBatchPredictor, best_masks, predict_best
+
+    rng = np.random.default_rng(1)
+    h, w = shape
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    boxes = np.array([[3, 2, w * 0.6, h * 0.5], [0, 0, w, h], [w * 0.4, h * 0.3, w - 1, h - 2]])
+    points = rng.uniform(0, [w, h], (3, 2, 2))
+    labels = np.array([[1, 0], [1, 1], [0, 1]])
+    mask_input = rng.normal(0, 4, (3, 1, 256, 256)).astype(np.float32)
+    adapter = SamBatchPredictor(tiny_model, max_prompts=2)
+    adapter.set_image(image)
+    for multimask in (True, False):
+        for kwargs in ({"boxes": boxes}, {"points": points, "labels": labels},
+                       {"points": points, "labels": labels, "mask_input": mask_input}):
+            masks, scores, low = adapter.predict_batch(**kwargs, multimask_output=multimask)
+            best, best_scores, best_low = predict_best(adapter, **kwargs,
+                                                       multimask_output=multimask)
+            assert best.shape == (3, h, w) and best.dtype == bool
+            np.testing.assert_array_equal(best, best_masks(masks, scores))
+            np.testing.assert_array_equal(best_scores, scores.max(axis=1))
+            np.testing.assert_array_equal(best_low, best_masks(low, scores))
+            assert 0 < best.sum() < best.size  # a real mask, not all or nothing
+    with pytest.raises(ValueError, match="either boxes or points"):
+        adapter.predict_best(multimask_output=True)
