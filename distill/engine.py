@@ -238,7 +238,8 @@ def train(cfg: Config, task_factory: Callable[[Config, object], Task], *,
     accum = cfg.train.grad_accum
     skips = RunSkips()  # the data reader's skip counts, summed over ranks at each log step
     batches = batch_stream(task.make_loader, skip=step * accum, on_batch=skips.update)
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not main, desc=f"phase {cfg.phase}")
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not main,
+               desc=f"phase {cfg.phase} ({Path(cfg.run.out_dir).name})")  # which run, too
     pending: list[dict] = []  # this rank's rows since the last flush, values on the device
     streak = skipped = 0  # non-finite steps in a row / in this process's part of the run
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from effvit_sam.inference.decoder import FastMaskDecoder
 from effvit_sam.modeling import EfficientViTSam
 
 from .cache import checked_shards, expand_urls
@@ -36,9 +37,14 @@ class FinetuneStep(nn.Module):
     """
 
     def __init__(self, sam: EfficientViTSam, prompts: PromptConfig, *, mask_loss: str,
-                 focal_weight: float = FOCAL_WEIGHT, dice_weight: float = DICE_WEIGHT) -> None:
+                 focal_weight: float = FOCAL_WEIGHT, dice_weight: float = DICE_WEIGHT,
+                 fast_decoder: bool = True) -> None:
         super().__init__()
         self.sam = sam
+        # The same decoder modules behind FastMaskDecoder's algebra, kept out of the module tree
+        # (its parameters are the decoder's own: no second state-dict entry, nothing for DDP).
+        self.__dict__["_fast_decoder"] = FastMaskDecoder(sam.mask_decoder) if fast_decoder \
+            else None
         self.prompts = prompts
         self.mask_loss = mask_loss
         self.weights = {"kind": mask_loss, "focal_weight": focal_weight,
@@ -60,11 +66,18 @@ class FinetuneStep(nn.Module):
                       torch.cat([points[1][:, :1], torch.zeros_like(points[1][:, 1:])], 1))
         return points, None, num == 1 or cfg.multimask_all
 
+    def _decode(self, embedding: torch.Tensor, points, box, mask_input, multimask: bool):
+        if self._fast_decoder is None:
+            return self.sam.decode(embedding, points=points, boxes=box, mask_input=mask_input,
+                                   multimask_output=multimask)
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=mask_input)
+        return self._fast_decoder(embedding, self.sam.prompt_encoder.get_dense_pe(), sparse,
+                                  dense, multimask)
+
     def _image_loss(self, embedding: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                     input_size, generator: torch.Generator):
         points, box, multimask = self._first_prompt(masks, boxes, input_size, generator)
-        logits, iou = self.sam.decode(embedding, points=points, boxes=box, mask_input=None,
-                                      multimask_output=multimask)
+        logits, iou = self._decode(embedding, points, box, None, multimask)
         loss, parts, best = sam_mask_loss(logits, iou, masks, **self.weights)
         rounds = [loss]
         previous = logits[torch.arange(len(best)), best].detach()
@@ -74,9 +87,9 @@ class FinetuneStep(nn.Module):
                 torch.cat([points[0], click], 1), torch.cat([points[1], label], 1))
             feed = self.prompts.feed_prob >= 1 or float(
                 torch.rand((), generator=generator)) < self.prompts.feed_prob
-            logits, iou = self.sam.decode(embedding, points=points, boxes=box,
-                                          mask_input=previous[:, None] if feed else None,
-                                          multimask_output=self.prompts.multimask_all)
+            logits, iou = self._decode(embedding, points, box,
+                                       previous[:, None] if feed else None,
+                                       self.prompts.multimask_all)
             round_loss, round_parts, best = sam_mask_loss(logits, iou, masks, **self.weights)
             rounds.append(round_loss)
             parts["mask_last_round"] = round_parts["mask"]
@@ -128,7 +141,8 @@ def phase2_task(cfg: Config, accelerator) -> Task:
     model = build_model(cfg.model)
     checked_shards(cfg.data.shards, "data.shards")  # a typo fails here, not as "no batch"
     step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss,
-                        focal_weight=cfg.train.focal_weight, dice_weight=cfg.train.dice_weight)
+                        focal_weight=cfg.train.focal_weight, dice_weight=cfg.train.dice_weight,
+                        fast_decoder=cfg.train.fast_decoder)
     return Task(model=model, step_module=step,
                 make_loader=lambda epoch: make_phase2_loader(cfg, encoder_size=model.encoder_size,
                                                              epoch=epoch))

@@ -38,7 +38,9 @@ function (low-res logits within 1e-3 in float32, ``tests/test_fast_decoder.py``)
 
 The module holds the *same* submodules as the decoder it is built from (the same parameter
 objects and state-dict keys, so SAM and official checkpoints load into it unchanged) and reads
-their weights at every call. Inference only: no autograd path is promised.
+their weights at every call. ``forward`` is differentiable when a gradient is wanted (phase
+2's training, ``train.fast_decoder``): the same function, so the same gradients up to rounding
+(``tests/test_fast_decoder_grad.py``); ``forward_kept`` is inference only.
 """
 
 from __future__ import annotations
@@ -114,18 +116,24 @@ class FastMaskDecoder(nn.Module):
         self.output_hypernetworks_mlps = mask_decoder.output_hypernetworks_mlps
         self.iou_prediction_head = mask_decoder.iou_prediction_head
 
-    @torch.no_grad()
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                 sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
                 multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = sparse_prompt_embeddings, dense_prompt_embeddings
         h, w = image_embeddings.shape[-2:]  # checked by _chunks
         masks, ious = [], []
-        with self._autocast(image_embeddings.device):
+        # Differentiable where a gradient is wanted (training: phase 2's decoder), with no
+        # in-place update of a tensor autograd saved; otherwise no graph is built.
+        inputs = (image_embeddings, sparse, dense)
+        grad = torch.is_grad_enabled() and (any(t.requires_grad for t in inputs) or any(
+            p.requires_grad for p in self.parameters()))
+        out = torch.promote_types(image_embeddings.dtype, torch.float32)  # float32 from bf16
+        with self._autocast(image_embeddings.device), \
+                contextlib.nullcontext() if grad else torch.no_grad():
             for _, x, hyper, iou in self._chunks(image_embeddings, image_pe, sparse, dense,
                                                  multimask_output):
-                masks.append(self._upscale_masks(x, hyper, (h, w)).float())
-                ious.append(iou.float())
+                masks.append(self._upscale_masks(x, hyper, (h, w)).to(out))
+                ious.append(iou.to(out))
         return torch.cat(masks), torch.cat(ious)
 
     def _autocast(self, device: torch.device):
@@ -366,8 +374,9 @@ def _i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in:
         scores = torch.baddbmm(bias.reshape(b, heads * n, 1), g, xp.transpose(1, 2))
         length = scores.shape[2]
         a = scores.view(b, heads, n, length).softmax(2).view(b, heads * n, length)
-    if x.shape[0] == b and owns_x and not torch.is_autocast_enabled(x.device.type):
+    if x.shape[0] == b and owns_x and not torch.is_autocast_enabled(x.device.type) \
+            and not torch.is_grad_enabled():
         # the old image tokens are not needed again: update in place (not under autocast, whose
-        # products come out in another dtype than x)
+        # products come out in another dtype than x, nor where autograd saved them)
         return x.baddbmm_(a.transpose(1, 2), m)
     return torch.baddbmm(x.expand(b, -1, -1), a.transpose(1, 2), m)
