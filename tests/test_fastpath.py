@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from effvit_sam import build_sam
+from effvit_sam.inference.epilogue import onednn_bf16_conv_available
 from effvit_sam.inference.optimize import FastImageEncoder, FastPathOptions, optimize_for_inference
 from effvit_sam.modeling import EfficientViTSam
 
@@ -215,7 +216,9 @@ class _RecordDtypes(torch.overrides.TorchFunctionMode):
 
 
 @pytest.mark.parametrize("options", [
-    FastPathOptions.bf16().with_(compiled_gelu=False, onednn_epilogues=True),
+    pytest.param(FastPathOptions.bf16().with_(compiled_gelu=False, onednn_epilogues=True),
+                 marks=pytest.mark.skipif(not onednn_bf16_conv_available(),
+                                          reason="oneDNN has no bf16 convolution on this CPU")),
     FastPathOptions.bf16().with_(compiled_gelu=False, onednn_epilogues=False),
     FastPathOptions.bf16().with_(compiled_gelu=False, fuse_neck=False, fuse_epilogues=False,
                                  fold_bn=False, onednn_epilogues=False),

@@ -11,6 +11,7 @@ from effvit_sam import build_sam
 from effvit_sam.inference.convs import WinogradConv3x3
 from effvit_sam.inference.epilogue import (
     FusedConv,
+    onednn_bf16_conv_available,
     onednn_conv_available,
     use_onednn_epilogues,
 )
@@ -130,6 +131,43 @@ def test_compiled_graphs_get_the_plain_ops(monkeypatch: pytest.MonkeyPatch) -> N
     assert (got - expected).abs().max().item() < 1e-5
 
 
+NO_BF16_CONV = pytest.mark.skipif(not onednn_bf16_conv_available(),
+                                  reason="oneDNN has no bf16 convolution on this CPU")
+
+
+def test_bf16_epilogues_refused_where_onednn_has_no_bf16_conv(tiny, monkeypatch) -> None:
+    """On a CPU whose oneDNN refuses bf16 convolutions (AVX2 only), bf16() leaves the fused
+    epilogues off, and asking for them stops with a message instead of oneDNN's error at the
+    first image."""
+    from effvit_sam.inference import optimize
+
+    monkeypatch.setattr(optimize, "onednn_bf16_conv_available", lambda: False)
+    assert not FastPathOptions.bf16().onednn_epilogues
+    with pytest.raises(ValueError, match="AVX-512 BW/VL/DQ or AVX-NE-CONVERT"):
+        optimize_for_inference(tiny, device="cpu", options=FastPathOptions.bf16().with_(
+            onednn_epilogues=True))
+    fast = optimize_for_inference(tiny, device="cpu", options=FastPathOptions.bf16().with_(
+        compiled_gelu=False))  # plain bf16 convs: runs on any CPU
+    x = _inputs(tiny, 1)
+    with torch.no_grad():
+        expected = tiny.encode(x)
+    got = fast.encode(x)
+    assert 1e-5 < ((got - expected).norm() / expected.norm()).item() < 5e-2
+
+
+def test_the_bf16_probe_matches_oneDNN_itself() -> None:
+    x = torch.randn(1, 8, 4, 4).to(memory_format=torch.channels_last).bfloat16()
+    w = torch.randn(8, 8, 1, 1).bfloat16()
+    try:
+        torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0], [1, 1], [1, 1], 1, "none",
+                                                [], None)
+        runs = True
+    except RuntimeError:
+        runs = False
+    assert onednn_bf16_conv_available() is runs
+
+
+@NO_BF16_CONV
 @pytest.mark.slow
 def test_compiled_bf16_encoder_with_onednn_epilogues(tiny) -> None:
     """auto + compile on an AMX CPU: inductor compiles the plain ops of the bf16 encoder in one

@@ -22,6 +22,8 @@ tensor costs 25x the 1x1 convolution before it (11 ms against 0.45 ms for a 64->
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -119,6 +121,24 @@ def onednn_conv_available() -> bool:
     """Whether this torch build has oneDNN's fused CPU convolution (``mkldnn`` ops)."""
     return torch.backends.mkldnn.is_available() and \
         hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+@functools.cache
+def onednn_bf16_conv_available() -> bool:
+    """Whether oneDNN's fused convolution runs in bf16 on this CPU. oneDNN refuses it without
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only EPYC: "bf16 path needs the cpu support
+    ..."), where plain bf16 convolutions still run on a slower kernel: one tiny probe call,
+    once per process."""
+    if not onednn_conv_available():
+        return False
+    x = torch.zeros(1, 8, 2, 2, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    w = torch.zeros(8, 8, 1, 1, dtype=torch.bfloat16)
+    try:
+        torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0], [1, 1], [1, 1], 1, "none",
+                                                [], None)
+    except RuntimeError:
+        return False
+    return True
 
 
 # The conv chain of each residual block type, in call order (their forward is exactly this chain).

@@ -87,6 +87,7 @@ from .cpu_memory import keep_freed_memory
 from .decoder import FastMaskDecoder
 from .epilogue import (
     fuse_epilogues,
+    onednn_bf16_conv_available,
     onednn_conv_available,
     use_compiled_gelu,
     use_onednn_epilogues,
@@ -227,11 +228,12 @@ class FastPathOptions:
     def bf16(cls) -> FastPathOptions:
         """The CPU fast path with a bf16 encoder (``auto`` on AMX CPUs; elsewhere opt-in and
         slower where the CPU has no bf16 units: see the module docstring). oneDNN's fused
-        epilogues are on wherever torch has them: PyTorch's own GELU on bf16 tensors is many
-        times slower than the fused post-op."""
+        epilogues are on wherever oneDNN runs them in bf16 (not on AVX2-only CPUs): PyTorch's
+        own GELU on bf16 tensors is many times slower than the fused post-op."""
         return cls.exact("cpu").with_(autocast_dtype=torch.bfloat16, winograd=False,
                                       gemm_pointwise=False,
-                                      onednn_epilogues=onednn_conv_available())
+                                      onednn_epilogues=onednn_conv_available()
+                                      and onednn_bf16_conv_available())
 
     @classmethod
     def int8(cls) -> FastPathOptions:
@@ -343,6 +345,10 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
     if opts.onednn_epilogues and dev.type == "cpu" and not onednn_conv_available():
         raise ValueError("onednn_epilogues needs a torch build with oneDNN "
                          "(torch.backends.mkldnn.is_available() is False here)")
+    if opts.onednn_epilogues and opts.autocast_dtype == torch.bfloat16 and dev.type == "cpu" \
+            and not onednn_bf16_conv_available():
+        raise ValueError("onednn_epilogues with a bf16 encoder needs AVX-512 BW/VL/DQ or "
+                         "AVX-NE-CONVERT, which this CPU lacks: use FastPathOptions.bf16()")
     if opts.int8_encoder and calibration is None:
         raise ValueError("int8_encoder needs calibration images: pass calibration= "
                          "(N x 3 x S x S preprocessed encoder inputs)")
