@@ -31,8 +31,7 @@ Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
 _PROMPT_KEYS = frozenset({"points", "labels", "boxes", "mask_input", "point_coords",
                           "point_labels", "box", "multimask_output", "return_logits"})
 _UPSCALE_ELEMENTS = 1 << 26
-"""Upscale at most this many full-resolution logits at a time (256 MB of float32), so many
-prompts on a large image never hold every mask's float logits at once."""
+"""Full-resolution logits upscaled at once at most (256 MB of float32): bounded memory."""
 
 
 class ImageNotSetError(RuntimeError, ValueError):
@@ -375,15 +374,17 @@ class EfficientViTSamPredictor:
         return {"image_embeddings": image.features, "image_pe": encoder.get_dense_pe(),
                 "sparse_prompt_embeddings": sparse, "dense_prompt_embeddings": dense}
 
-    def upscale(self, image: EncodedImage, low_res: torch.Tensor,
-                return_logits: bool = False) -> torch.Tensor:
+    def upscale(self, image: EncodedImage, low_res: torch.Tensor, return_logits: bool = False,
+                *, lean: bool | None = None) -> torch.Tensor:
         """``B x C x 256 x 256`` logits to ``B x C x H x W`` masks (bool, or logits) in the
-        original frame, a few prompts at a time so large images stay within memory."""
+        original frame, a few prompts at a time (bounded memory). ``lean`` (default ``fast``):
+        ``geometry.postprocess_masks_lean``, SAM's interpolations bit for bit with less work."""
         return_logits = as_flag(return_logits, "return_logits")
         h, w = image.original_size
         step = max(1, _UPSCALE_ELEMENTS // (h * w * max(1, low_res.shape[1])))
         chunks = []
-        post = geometry.postprocess_masks_lean if self.fast else geometry.postprocess_masks
+        lean = self.fast if lean is None else lean
+        post = geometry.postprocess_masks_lean if lean else geometry.postprocess_masks
         for i in range(0, len(low_res), step):
             up = post(low_res[i: i + step], image.input_size, image.original_size,
                       self.prompt_frame)

@@ -69,9 +69,8 @@ class SamBatchPredictor:
                      labels: np.ndarray | None = None, mask_input: np.ndarray | None = None,
                      multimask_output: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per prompt the mask with the highest predicted IoU (``K x H x W``), its score and its
-        low-res logits. Only those masks are upscaled to the image, with
-        :func:`effvit_sam.geometry.postprocess_masks_lean` (bit for bit SAM's upscaling): for
-        three masks per prompt, a third of the interpolation or less."""
+        low-res logits. Only those masks are upscaled to the image, with the lean upscaling (bit
+        for bit SAM's): for three masks per prompt, a third of the interpolation or less."""
         return self._predict(boxes, points, labels, mask_input, multimask_output, best=True)
 
     def _predict(self, boxes, points, labels, mask_input, multimask_output: bool, *, best: bool):
@@ -126,13 +125,7 @@ class SamBatchPredictor:
         pick = scores.argmax(dim=1)
         rows = torch.arange(len(low), device=low.device)
         low, scores = low[rows, pick], scores[rows, pick]
-        h, w = image.original_size
-        step = max(1, _UPSCALE_ELEMENTS // (h * w))
-        masks = torch.cat([
-            geometry.postprocess_masks_lean(low[i: i + step, None], image.input_size,
-                                            image.original_size, pred.prompt_frame)[:, 0]
-            > pred.mask_threshold for i in range(0, len(low), step)])
-        return masks, scores, low
+        return pred.upscale(image, low[:, None], lean=True)[:, 0], scores, low
 
 
 def predict_best(predictor: BatchPredictor, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,8 +138,6 @@ def predict_best(predictor: BatchPredictor, **kwargs) -> tuple[np.ndarray, np.nd
     masks, scores, low_res = predictor.predict_batch(**kwargs)
     return best_masks(masks, scores), scores.max(axis=1), best_masks(low_res, scores)
 
-
-_UPSCALE_ELEMENTS = 1 << 26  # pixels upscaled at once (as the predictor's own upscale)
 
 
 def best_masks(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
