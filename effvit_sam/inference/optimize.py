@@ -307,12 +307,6 @@ def _cast_conv_weights(encoder: nn.Module, dtype: torch.dtype) -> None:
                     param.data = param.data.to(dtype)
 
 
-def _quantize_linear_int8(module: nn.Module) -> nn.Module:
-    from torch.ao.quantization import quantize_dynamic
-
-    return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
-
-
 def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device | None = None,
                            options: FastPathOptions | None = None,
                            calibration: torch.Tensor | None = None) -> EfficientViTSam:
@@ -390,7 +384,9 @@ def optimize_for_inference(model: EfficientViTSam, *, device: str | torch.device
     for p in base.parameters():
         p.requires_grad_(False)
     if opts.quantize_decoder:
-        decoder = _quantize_linear_int8(base.mask_decoder)
+        from .quantize import quantize_linear_int8
+
+        decoder = quantize_linear_int8(base.mask_decoder)
     elif opts.fast_decoder:
         decoder = FastMaskDecoder(base.mask_decoder, autocast_dtype=opts.decoder_dtype)
     else:

@@ -1,4 +1,5 @@
-"""Static int8 quantisation of the image encoder for CPU (opt-in; needs ``torchao``).
+"""int8 on CPU (opt-in): static int8 of the image encoder (needs ``torchao``), and dynamic int8
+of the mask decoder's linear layers (:func:`quantize_linear_int8`).
 
 The encoder is 75-80% convolution on CPU, already near this class of CPU's float32 peak, so the
 one large remaining step is doing the convolutions in int8. This uses PyTorch's PT2E flow from
@@ -102,3 +103,11 @@ def quantize_encoder_int8(encoder: nn.Module, calibration: torch.Tensor) -> nn.M
     log.info("int8 encoder (%s-bit activations) calibrated on %d images in %.1fs",
              7 if reduce_range else 8, len(calibration), time.perf_counter() - start)
     return quantized
+
+
+def quantize_linear_int8(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose ``nn.Linear`` layers run as dynamic int8 (weights int8 per
+    tensor, activations quantised per call): the opt-in ``quantize_decoder`` of the fast path."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
