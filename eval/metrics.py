@@ -1,4 +1,4 @@
-"""Mask IoU and the mIoU summaries (overall and by COCO size bucket)."""
+"""Mask IoU and the mIoU summaries (overall, by COCO size bucket and by category)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class InstanceResult:
     image_id: int
     size: str
     ious: tuple[float, ...]
+    category_id: int | None = None
 
 
 def miou_table(results: list[InstanceResult], *, rounds: list[int] | None = None,
@@ -55,3 +56,21 @@ def size_counts(results: list[InstanceResult]) -> dict[str, int]:
     for r in results:
         counts[r.size] += 1
     return counts
+
+
+def miou_by_category(results: list[InstanceResult], names: dict[int, str], *,
+                     rounds: list[int] | None = None) -> dict[str, dict[str, float | int]]:
+    """Per category (keyed by its name from ``names``, else its id): ``count`` and the overall
+    mIoU keys of :func:`miou_table` (``mIoU``, or ``mIoU@1click``, ... with ``rounds``),
+    worst first by the last round's mIoU; instances without a category are left out."""
+    groups: dict[int, list[InstanceResult]] = {}
+    for r in results:
+        if r.category_id is not None:
+            groups.setdefault(r.category_id, []).append(r)
+    rows = {}
+    for cat, members in groups.items():
+        table = miou_table(members, rounds=rounds)
+        overall = {k: v for k, v in table.items() if not k.split("@")[0].count("_")}
+        rows[names.get(cat, str(cat))] = {"count": len(members), **overall}
+    last = f"mIoU@{rounds[-1]}click" if rounds else "mIoU"
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1][last], kv[0])))

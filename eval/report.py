@@ -20,6 +20,10 @@ def file_sha256(path: str | Path | None) -> str | None:
     return digest.hexdigest()
 
 
+CATEGORIES_SHOWN = 8
+"""Categories the printed table names (the report's JSON holds them all)."""
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
@@ -35,6 +39,14 @@ def format_table(settings: dict, summary: dict) -> str:
     width = max(len(k) for k in summary["metrics"])
     lines = [head, "-" * len(head)]
     lines += [f"{k:<{width}}  {_fmt(v):>6}" for k, v in summary["metrics"].items()]
+    if summary.get("by_category"):
+        worst = list(summary["by_category"].items())
+        last = list(worst[0][1])[-1]
+        shown = ", ".join(f"{name} {_fmt(row[last])} ({row['count']})"
+                          for name, row in worst[:CATEGORIES_SHOWN])
+        hidden = len(worst) - CATEGORIES_SHOWN
+        more = f", ... {hidden} more" if hidden > 0 else ""
+        lines.append(f"by category, worst first ({last}, instances): {shown}{more}")
     skipped = {k: n for k, n in summary["skipped"].items() if n}
     if skipped or summary["failed_images"]:
         reasons = ", ".join(f"{k} {n}" for k, n in skipped.items()) or "none"

@@ -46,7 +46,7 @@ from effvit_sam.masks import mask_to_rle
 from .clicks import Click, clicks_to_arrays, first_click, next_click
 from .coco_metrics import LVIS_MAX_DETS, coco_segm_ap, lvis_segm_ap
 from .datasets import SKIP_REASONS, EvalDataset, Instance, load_detections
-from .metrics import InstanceResult, mask_iou, miou_table, size_counts
+from .metrics import InstanceResult, mask_iou, miou_by_category, miou_table, size_counts
 from .predictors import BatchPredictor, predict_best
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def eval_image_boxes(predictor: BatchPredictor, image: np.ndarray, instances: li
     predictor.set_image(image)
     boxes = np.stack([inst.box_xyxy for inst in instances])
     chosen, _, _ = predict_best(predictor, boxes=boxes, multimask_output=True)
-    return [InstanceResult(inst.ann_id, inst.image_id, inst.size, (mask_iou(pred, gt),))
+    return [InstanceResult(inst.ann_id, inst.image_id, inst.size, (mask_iou(pred, gt),),
+                           inst.category_id)
             for inst, pred, gt in zip(instances, chosen, gts, strict=True)]
 
 
@@ -138,7 +139,7 @@ def eval_image_clicks(predictor: BatchPredictor, image: np.ndarray, instances: l
             ious[i].append(mask_iou(pred, gt))
             if round_ + 1 < num_clicks:
                 clicks[i].append(next_click(gt, pred))
-    return [InstanceResult(inst.ann_id, inst.image_id, inst.size, tuple(iou))
+    return [InstanceResult(inst.ann_id, inst.image_id, inst.size, tuple(iou), inst.category_id)
             for inst, iou in zip(instances, ious, strict=True)]
 
 
@@ -251,11 +252,11 @@ def summarize(task: EvalTask, dataset: EvalDataset, records: list[ImageRecord], 
         return summary
     instances = [inst for r in records for inst in r.instances]
     summary["num_instances"] = size_counts(instances)
-    if task.mode == "box":
-        summary["metrics"] = miou_table(instances)
-    else:
-        rounds = sorted({c for c in REPORTED_CLICKS if c <= task.num_clicks} | {task.num_clicks})
-        summary["metrics"] = miou_table(instances, rounds=rounds)
+    rounds = None if task.mode == "box" else sorted(
+        {c for c in REPORTED_CLICKS if c <= task.num_clicks} | {task.num_clicks})
+    summary["metrics"] = miou_table(instances, rounds=rounds)
+    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.data["categories"]}
+    summary["by_category"] = miou_by_category(instances, names, rounds=rounds)
     return summary
 
 

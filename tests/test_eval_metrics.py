@@ -12,7 +12,7 @@ from effvit_sam.masks import mask_to_rle, segmentation_to_rle
 from eval.clicks import PAD_LABEL, Click, clicks_to_arrays, first_click, next_click
 from eval.coco_metrics import coco_segm_ap, lvis_segm_ap
 from eval.datasets import SKIP_REASONS, EvalDataset, load_detections
-from eval.metrics import InstanceResult, mask_iou, miou_table
+from eval.metrics import InstanceResult, mask_iou, miou_by_category, miou_table
 
 from .eval_toyset import toy_masks, write_toyset
 
@@ -124,6 +124,21 @@ def test_miou_table_overall_and_by_size():
     assert box["mIoU_large"] == pytest.approx(20.0)
     clicks = miou_table(results, rounds=[2])
     assert clicks["mIoU@2click"] == pytest.approx(100 * 2.1 / 3)
+
+
+def test_miou_by_category_worst_first_named_and_per_round():
+    results = [InstanceResult(1, 1, "small", (0.5, 0.9), 7),
+               InstanceResult(2, 1, "large", (1.0, 1.0), 7),
+               InstanceResult(3, 2, "large", (0.2, 0.4), 9),
+               InstanceResult(4, 2, "small", (0.6, 0.6))]
+    box = miou_by_category(results, {7: "ring", 9: "line"})
+    assert list(box) == ["line", "ring"]  # worst first; the uncategorised instance left out
+    assert box["line"] == {"count": 1, "mIoU": pytest.approx(20.0)}
+    assert box["ring"] == {"count": 2, "mIoU": pytest.approx(75.0)}
+    clicks = miou_by_category(results, {9: "line"}, rounds=[1, 2])
+    assert clicks["7"] == {"count": 2, "mIoU@1click": pytest.approx(75.0),
+                           "mIoU@2click": pytest.approx(95.0)}  # unnamed: keyed by its id
+    assert clicks["line"]["mIoU@2click"] == pytest.approx(40.0) and list(clicks) == ["line", "7"]
 
 
 # --- datasets -----------------------------------------------------------------------------

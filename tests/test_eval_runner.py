@@ -172,7 +172,12 @@ def test_bad_ground_truth_counted_never_prompted_and_runs_identical(tmp_path, mo
     assert prompted == ([1] if mode == "box" else [1, 1])  # image 2 has nothing left to prompt
     if mode == "box":
         assert first["metrics"]["mIoU"] == pytest.approx(100 * TRIANGLE)
+        assert first["by_category"] == {"wedge": {"count": 1, "mIoU": pytest.approx(
+            100 * TRIANGLE)}}
     table = format_table({"model": "m", "dataset": "coco", "mode": mode}, first)
+    if mode == "box":
+        assert f"by category, worst first (mIoU, instances): wedge {100 * TRIANGLE:.1f} (1)" \
+            in table
     assert "skipped (bad data, not scored): bad_rle 1, degenerate_box 1, box_off_image 1" in table
 
 
