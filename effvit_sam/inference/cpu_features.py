@@ -190,6 +190,33 @@ def detect_cpu_features() -> CpuFeatures:
     return features_from_cpuinfo(text, torch_kernels=kernels, arch=platform.machine())
 
 
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def _size_bytes(text: str) -> int | None:
+    """sysfs cache sizes: ``"2048K"``, ``"32M"``, ``"491520K"``."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "KMG" else text
+    return int(digits) * scale if digits.isdigit() else None
+
+
+def last_level_cache_bytes(root: Path = CPU_CACHES) -> int | None:
+    """The size of the largest-level data/unified cache cpu0 sees (Linux sysfs), or None where
+    the kernel does not say (other systems, some containers)."""
+    best: tuple[int, int] | None = None
+    for index in sorted(root.glob("index[0-9]*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _size_bytes((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size and (best is None or level > best[0]):
+            best = (level, size)
+    return best[1] if best else None
+
+
 @dataclass(frozen=True)
 class ConvThresholds:
     """When the fast path's convolution rewrites pay off on a tier (``FastPathOptions`` fields).

@@ -46,16 +46,34 @@ their weights at every call. ``forward`` is differentiable when a gradient is wa
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
-from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import nn
 
+from .cpu_features import last_level_cache_bytes
+from .decoder_attention import _linear, i2t_update, t2i_low_rank, t2i_shared_keys
+
 UPSCALE_BAND_BYTES = 4 << 20
-"""Temporaries of one band of the mask upscaling (a few MB: they stay in the CPU's cache)."""
+"""Temporaries of one band of the mask upscaling where the CPU's cache size is unknown (and on
+GPUs): a few MB, which stay in any CPU's cache."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_upscale_band_bytes() -> int:
+    """Temporaries of one band of the CPU mask upscaling: a quarter of the last-level cache,
+    between 4 and 64 MB (:data:`UPSCALE_BAND_BYTES` where the kernel does not say).
+
+    Every band costs a dozen small kernel launches, so larger bands are faster while their
+    temporaries stay in cache: on the 2-core AMX Xeon (480 MB L3 in sysfs) whole-prompt bands
+    (12.5 MB at 256 channels) upscaled 32 prompts in 166 ms against 212 ms with 4 MB bands,
+    and the gain stopped at 2 prompts per band (README, issue #18)."""
+    llc = last_level_cache_bytes()
+    return UPSCALE_BAND_BYTES if llc is None else min(64 << 20, max(4 << 20, llc // 4))
 
 DEFAULT_CHUNK = 32
 """Prompts decoded together: large enough for big GEMMs, small enough that the temporaries
@@ -78,10 +96,6 @@ def _check_structure(decoder: MaskDecoder) -> None:
             != ((2, 2), (2, 2), (0, 0), (0, 0), 1, (1, 1)) for m in (up[0], up[3])):
         raise TypeError("FastMaskDecoder needs SAM's output_upscaling (2x2 stride-2 transposed "
                         "conv, LayerNorm2d, activation, 2x2 stride-2 transposed conv, activation)")
-
-
-def _linear(attn_proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, attn_proj.weight, attn_proj.bias)
 
 
 class FastMaskDecoder(nn.Module):
@@ -245,19 +259,19 @@ class FastMaskDecoder(nn.Module):
             xp = None if use_shared else x + pe
             q = queries + point_pe
             if use_shared:
-                attn_out = _t2i_shared_keys(layer.cross_attn_token_to_image, q,
+                attn_out = t2i_shared_keys(layer.cross_attn_token_to_image, q,
                                             first["t2i_k"], first["t2i_v"])
             else:
-                attn_out = _t2i_low_rank(layer.cross_attn_token_to_image, q, x, xp)
+                attn_out = t2i_low_rank(layer.cross_attn_token_to_image, q, x, xp)
             queries = layer.norm2(queries + attn_out)
             queries = layer.norm3(queries + layer.mlp(queries))
             q = queries + point_pe
             if use_shared:
-                x = _i2t_update(layer.cross_attn_image_to_token, first["x"], None, q, queries,
+                x = i2t_update(layer.cross_attn_image_to_token, first["x"], None, q, queries,
                                 shared_q=first["i2t_q"])
             else:
                 # x is the previous layer's norm output, or the caller's when mask inputs differ.
-                x = _i2t_update(layer.cross_attn_image_to_token, x, xp, q, queries,
+                x = i2t_update(layer.cross_attn_image_to_token, x, xp, q, queries,
                                 owns_x=i > 0)
             x = layer.norm4(x)
         t = self.transformer
@@ -265,7 +279,7 @@ class FastMaskDecoder(nn.Module):
         # (its query rows are independent): 2 of 7 tokens for one box's single mask.
         chosen = range(self.num_mask_tokens)[masks_idx]
         rows = [0, *(1 + j for j in chosen)]
-        attn_out = _t2i_low_rank(t.final_attn_token_to_image, (queries + point_pe)[:, rows], x,
+        attn_out = t2i_low_rank(t.final_attn_token_to_image, (queries + point_pe)[:, rows], x,
                                  x + pe)
         kept = t.norm_final_attn(queries[:, rows] + attn_out)
         hyper = torch.stack([self.output_hypernetworks_mlps[j](kept[:, 1 + k])
@@ -281,7 +295,7 @@ class FastMaskDecoder(nn.Module):
         to ``B x M x 4h x 4w`` logits: SAM's ``output_upscaling`` then ``hyper @ upscaled``.
 
         Every token's 16 output pixels depend on that token alone, so the work goes one prompt
-        and a band of grid rows at a time (:data:`UPSCALE_BAND_BYTES` of temporaries): the
+        and a band of grid rows at a time (:func:`cpu_upscale_band_bytes` of temporaries): the
         upscaled channels are consumed from cache instead of being written out for the whole
         chunk and read back (the same products, about twice as fast on a 2-core CPU).
         """
@@ -296,7 +310,9 @@ class FastMaskDecoder(nn.Module):
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
         b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
         per_row = w * (4 * c1 + 16 * c2) * x.element_size()  # temporaries per grid row
-        band = max(1, min(h, UPSCALE_BAND_BYTES // per_row))
+        budget = cpu_upscale_band_bytes() if x.device.type == "cpu" else UPSCALE_BAND_BYTES
+        bands = -(-h // max(1, min(h, budget // per_row)))
+        band = -(-h // bands)  # equal bands: no one-row tail
         out = x.new_empty((b, m, 4 * h, 4 * w))
         for i in range(b):
             for r0 in range(0, h, band):
@@ -310,73 +326,3 @@ class FastMaskDecoder(nn.Module):
                 logits = logits.view(m, rows, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
                 out[i, :, 4 * r0: 4 * (r0 + rows)] = logits.reshape(m, 4 * rows, 4 * w)
         return out
-
-
-def _heads(attn: Attention) -> tuple[int, int]:
-    return attn.num_heads, attn.internal_dim // attn.num_heads
-
-
-def _t2i_shared_keys(attn: Attention, q_in: torch.Tensor, k: torch.Tensor,
-                     v: torch.Tensor) -> torch.Tensor:
-    """Token->image attention against keys/values shared by every prompt: ``B x N x C`` queries,
-    ``L x Ci`` projected keys and values; ``B x N x C`` out."""
-    b, n, _ = q_in.shape
-    heads, d = _heads(attn)
-    q = _linear(attn.q_proj, q_in).view(b * n, heads, d).transpose(0, 1)  # H x BN x d
-    k = k.view(-1, heads, d).transpose(0, 1)
-    v = v.view(-1, heads, d).transpose(0, 1)
-    out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d), as SAM's Attention
-    return _linear(attn.out_proj, out.transpose(0, 1).reshape(b, n, heads * d))
-
-
-def _t2i_low_rank(attn: Attention, q_in: torch.Tensor, x: torch.Tensor,
-                  xp: torch.Tensor) -> torch.Tensor:
-    """Token->image attention to per-prompt image tokens ``x`` (``B x L x C``; ``xp = x + pe``)
-    without projecting them: scores ``(q_h Wk_h) xp^T``, values ``(A x) Wv_h^T + bv``."""
-    b, n, c = q_in.shape
-    heads, d = _heads(attn)
-    q = _linear(attn.q_proj, q_in).view(b, n, heads, d)
-    wk = attn.k_proj.weight.view(heads, d, c)
-    qk = torch.einsum("bnhd,hdc->bhnc", q, wk).reshape(b, 1, heads * n, c)
-    # One head of width C and scale 1/sqrt(d): softmax(qk xp^T / sqrt(d)) x.
-    ax = F.scaled_dot_product_attention(qk, xp.unsqueeze(1), x.unsqueeze(1), scale=d ** -0.5)
-    wv = attn.v_proj.weight.view(heads, d, c)
-    out = torch.einsum("bhnc,hdc->bnhd", ax.view(b, heads, n, c), wv).reshape(b, n, heads * d)
-    return _linear(attn.out_proj, out + attn.v_proj.bias)
-
-
-def _i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in: torch.Tensor,
-                v_in: torch.Tensor, *, shared_q: torch.Tensor | None = None,
-                owns_x: bool = False) -> torch.Tensor:
-    """``x + image->token attention`` (before the layer's norm): ``B x L x C`` (or ``1 x L x C``
-    shared) image tokens attend to ``B x N x C`` tokens. ``shared_q``: the ``L x Ci`` projected
-    queries when ``x`` is shared by every prompt, else they come from ``xp`` in low rank.
-    ``owns_x``: ``x`` is a temporary of this decoder that may be overwritten."""
-    b, n, c = v_in.shape
-    heads, d = _heads(attn)
-    k = _linear(attn.k_proj, k_in).view(b, n, heads, d) * d ** -0.5
-    v = _linear(attn.v_proj, v_in).view(b, n, heads, d)
-    # M_h = v_h Wo_h^T + bo / H: the out projection folded into the values (rows of A sum to H).
-    wo = attn.out_proj.weight.view(c, heads, d)
-    m = torch.einsum("bnhd,chd->bhnc", v, wo).reshape(b, heads * n, c) + attn.out_proj.bias / heads
-    # Scores laid out B x H x N x L: the softmax over a head's N tokens then runs along a
-    # contiguous L-long inner dimension (a last-dimension softmax over 7 values is slow).
-    if shared_q is not None:
-        length = shared_q.shape[0]
-        q = shared_q.view(length, heads, d).permute(1, 2, 0)  # H x d x L
-        scores = torch.matmul(k.permute(2, 0, 1, 3).reshape(heads, b * n, d), q)  # H x BN x L
-        a = scores.view(heads, b, n, length).softmax(2).transpose(0, 1)
-        a = a.reshape(b, heads * n, length)
-    else:
-        wq = attn.q_proj.weight.view(heads, d, c)
-        g = torch.einsum("bnhd,hdc->bhnc", k, wq).reshape(b, heads * n, c)
-        bias = torch.einsum("bnhd,hd->bhn", k, attn.q_proj.bias.view(heads, d))
-        scores = torch.baddbmm(bias.reshape(b, heads * n, 1), g, xp.transpose(1, 2))
-        length = scores.shape[2]
-        a = scores.view(b, heads, n, length).softmax(2).view(b, heads * n, length)
-    if x.shape[0] == b and owns_x and not torch.is_autocast_enabled(x.device.type) \
-            and not torch.is_grad_enabled():
-        # the old image tokens are not needed again: update in place (not under autocast, whose
-        # products come out in another dtype than x, nor where autograd saved them)
-        return x.baddbmm_(a.transpose(1, 2), m)
-    return torch.baddbmm(x.expand(b, -1, -1), a.transpose(1, 2), m)
