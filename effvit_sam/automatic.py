@@ -127,7 +127,7 @@ class EfficientViTSamAutomaticMaskGenerator:
     inclusive pixel extents), ``predicted_iou``, ``stability_score``, ``point_coords``
     (``[[x, y]]`` original pixels) and ``crop_box`` (XYWH). ``crop_n_layers > 0`` adds
     overlapping crops (layer i has ``2**i x 2**i`` crops), each encoded on its own. ``fast``
-    (True, False or a ``FastPathOptions``: ``exact()`` keeps float32 on AMX CPUs, where ``auto``
+    (True, False or a ``FastPathOptions``: ``exact()`` keeps float32 on bf16 CPUs, where ``auto``
     runs a bf16 encoder) and ``device`` go to :class:`EfficientViTSamPredictor` (``fast`` has the
     many-prompt decoder, :class:`effvit_sam.inference.decoder.FastMaskDecoder`, which decodes
     each batch of ``points_per_batch`` grid points in one call).

@@ -64,9 +64,9 @@ class EfficientViTSamPredictor:
     put in eval mode and moved to ``device`` (default: the model's device); all work runs under
     :func:`torch.inference_mode`. With ``fast`` (the default) an EfficientViTSam is replaced by
     :func:`effvit_sam.inference.optimize_for_inference`'s copy with ``FastPathOptions.auto``
-    (float32 within 1e-3 of eager; a bf16 encoder on AMX CPUs, masks >= 99.5% equal); a
-    ``FastPathOptions`` (e.g. ``FastPathOptions.exact()``) picks the options; ``fast=False`` runs
-    the model as given. SAM models always run as given.
+    (float32 within 1e-3 of eager; a bf16 encoder on AMX / AVX512-BF16 CPUs, masks >= 99.5%
+    equal); a ``FastPathOptions`` (e.g. ``FastPathOptions.exact()``) picks the options;
+    ``fast=False`` runs the model as given. SAM models always run as given.
     """
 
     def __init__(self, model: nn.Module, *, device: str | torch.device | None = None,

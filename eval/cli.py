@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(seeded with --seed; a pipeline test, the figures mean nothing)")
     p.add_argument("--fast", action="store_true", help="measure the fast path "
                    "(FastPathOptions.auto: BN folded, channels-last, ...; a bf16 encoder on "
-                   "AMX CPUs) instead of the reference eager float32 computation that "
-                   "published figures use")
+                   "AMX / AVX512-BF16 CPUs) instead of the reference eager float32 computation "
+                   "that published figures use")
     p.add_argument("--output", help="write every metric and the run's settings to this JSON")
     p.add_argument("--limit", type=int, help="evaluate only the first N images (sorted ids)")
     p.add_argument("--num-clicks", type=int, default=5, help="clicks per instance (point)")

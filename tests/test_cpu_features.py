@@ -83,6 +83,31 @@ clzero xsaveerptr arat avx512vbmi umip avx512_vbmi2 gfni vaes vpclmulqdq avx512_
 avx512_bitalg avx512_vpopcntdq rdpid fsrm avx512_vp2intersect
 """, family="26")
 
+# Intel Xeon Gold 6248 (Cascade Lake): AVX-512 with VNNI but no BF16 and no AMX.
+XEON_CLX = _x86("GenuineIntel", "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", """
+fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse
+sse2 ss ht syscall nx pdpe1gb rdtscp lm constant_tsc rep_good nopl xtopology nonstop_tsc cpuid
+pni pclmulqdq ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes
+xsave avx f16c rdrand hypervisor lahf_lm abm 3dnowprefetch invpcid_single pti fsgsbase
+tsc_adjust bmi1 hle avx2 smep bmi2 erms invpcid rtm mpx avx512f avx512dq rdseed adx smap
+clflushopt clwb avx512cd avx512bw avx512vl xsaveopt xsavec xgetbv1 xsaves arat pku ospke
+avx512_vnni md_clear arch_capabilities
+""")
+
+# This session's 2-core AMD EPYC VM (family 25 model 17, Zen 4): AVX-512 with BF16 and VNNI, no
+# AMX, no AVX-VNNI (flags as lscpu printed them).
+EPYC_ZEN4 = _x86("AuthenticAMD", "AMD EPYC", """
+fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse
+sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl xtopology
+nonstop_tsc cpuid extd_apicid tsc_known_freq pni pclmulqdq ssse3 fma cx16 pcid sse4_1 sse4_2
+x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c rdrand hypervisor lahf_lm
+cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext cpuid_fault vmmcall
+fsgsbase tsc_adjust bmi1 avx2 smep bmi2 erms invpcid avx512f avx512dq rdseed adx smap
+avx512ifma clflushopt clwb avx512cd sha_ni avx512bw avx512vl xsaveopt xsavec xgetbv1 xsaves
+avx512_bf16 clzero xsaveerptr arat avx512vbmi umip avx512_vbmi2 gfni vaes vpclmulqdq
+avx512_vnni avx512_bitalg avx512_vpopcntdq rdpid fsrm
+""", family="25")
+
 # AWS Graviton3 (Neoverse V1): NEON, SVE, BF16; ARM names no model, only implementer and part.
 GRAVITON3 = _arm("""
 fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma
@@ -187,7 +212,10 @@ def _auto_on(monkeypatch: pytest.MonkeyPatch, text: str) -> tuple[FastPathOption
 
 
 @pytest.mark.parametrize("text,tier", [(XEON_SPR, "amx"), (EPYC_ZEN2, "avx2"),
-                                       (EPYC_VM, "avx512"), (GRAVITON3, "arm")])
+                                       (EPYC_VM, "avx512"), (EPYC_ZEN4, "avx512"),
+                                       (XEON_CLX, "avx512"), (GRAVITON3, "arm")],
+                         ids=["xeon_amx", "epyc_avx2", "epyc_zen5", "epyc_zen4", "xeon_clx",
+                              "graviton3"])
 def test_auto_per_cpu_kind(monkeypatch: pytest.MonkeyPatch, text: str, tier: str) -> None:
     opts, why = _auto_on(monkeypatch, text)
     assert opts == FastPathOptions.auto("cpu")  # auto is auto_explained's choice
@@ -199,24 +227,30 @@ def test_auto_per_cpu_kind(monkeypatch: pytest.MonkeyPatch, text: str, tier: str
     assert f"tier {tier}" in why["winograd_min_channels"]
     assert ("not re-measured" in why["gemm_min_in_channels"]) == (tier not in ("avx2", "amx"))
     bf16_why = why["autocast_dtype"]
-    if tier == "amx":
-        # AMX: a bf16 encoder (masks measured >= 99.5% equal) with oneDNN's fused epilogues,
-        # without the float32 conv rewrites; exact() is the float32 choice on the same CPU.
+    feats = optimize.detect_cpu_features()
+    if tier == "amx" or (tier == "avx512" and feats.avx512_bf16):
+        # AMX or AVX512-BF16: a bf16 encoder (masks measured >= 99.5% equal) with oneDNN's fused
+        # epilogues, without the float32 conv rewrites; exact() is the float32 choice there.
+        unit = "AMX-BF16" if tier == "amx" else "AVX512-BF16"
         assert opts == FastPathOptions.bf16()
         assert opts.autocast_dtype is torch.bfloat16 and opts.onednn_epilogues
         assert not (opts.winograd or opts.gemm_pointwise)
-        assert bf16_why.startswith("bf16: AMX-BF16 is here") and "99.5%" in bf16_why
+        assert bf16_why.startswith(f"bf16: {unit} is here") and "99.5%" in bf16_why
         assert why["winograd"].startswith("off: a float32 rewrite")
         exact, exact_why = FastPathOptions.auto_explained("cpu", exact=True)
         assert exact == FastPathOptions.exact("cpu") and exact.autocast_dtype is None
-        assert exact.winograd and exact.gemm_pointwise and exact.onednn_epilogues
-        assert exact_why["autocast_dtype"].startswith("off: exact() keeps float32")
+        assert exact.winograd and exact.gemm_pointwise
+        # oneDNN's post-ops pay in float32 only where measured so (AMX), in bf16 everywhere
+        assert exact.onednn_epilogues == (tier == "amx")
+        assert exact_why["autocast_dtype"].startswith(
+            f"off: exact() keeps float32 (auto picks bf16 on this {unit} CPU)")
     else:
-        # Everywhere else float32 and exact by default, and exact() changes nothing.
+        # Everywhere else float32 and exact by default, and exact() changes nothing: AVX-512
+        # without BF16 and ARM's BF16 (not measured) included.
         assert opts.autocast_dtype is None and opts.winograd and opts.gemm_pointwise
         assert not opts.onednn_epilogues and "not measured faster" in why["onednn_epilogues"]
         assert FastPathOptions.exact("cpu") == opts
-        assert ("no AMX tiles" if tier in ("avx512", "arm") else "no bf16 units") in bf16_why
+        assert ("not measured on this kind" if tier == "arm" else "no bf16 units") in bf16_why
     assert ("VNNI int8 dot products here" in why["int8_encoder"]) == (tier in ("amx", "avx512"))
 
 

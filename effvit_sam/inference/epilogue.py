@@ -12,12 +12,12 @@ bit-identical to the unfused ops.
 In place is only safe without autograd, so :class:`FusedConv` falls back to the out-of-place ops
 whenever a tensor needs a gradient, and while being traced or exported.
 
-:func:`use_onednn_epilogues` goes one step further where it was measured to pay (AMX CPUs, see
-``FastPathOptions.onednn_epilogues``): the conv, its residual add and its activation become one
-oneDNN convolution with the add and the activation as post-ops, applied to each output block
-while it is still in cache. In bf16 this matters most: PyTorch's own ``gelu_`` on a bf16
-tensor costs 25x the 1x1 convolution before it (11 ms against 0.45 ms for a 64->256 channel
-128x128 conv on a 2-core AMX Xeon), the post-op 1.1 ms.
+:func:`use_onednn_epilogues` goes one step further where it was measured to pay (AMX CPUs, and
+bf16 encoders on AVX512-BF16 ones; see ``FastPathOptions.onednn_epilogues``): the conv, its
+residual add and its activation become one oneDNN convolution with the add and the activation
+as post-ops, applied to each output block while it is still in cache. In bf16 this matters
+most: PyTorch's own ``gelu_`` on a bf16 tensor costs 25x the 1x1 convolution before it (11 ms
+against 0.45 ms for a 64->256 channel 128x128 conv on a 2-core AMX Xeon), the post-op 1.1 ms.
 """
 
 from __future__ import annotations

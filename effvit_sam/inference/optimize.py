@@ -40,8 +40,9 @@ float32 with a stated tolerance in ``tests/test_fastpath.py``:
   conv weights stored in bf16 once. Linear attention, LayerNorm and the bicubic upsampling run
   in float32 whatever the autocast dtype, as the official model requires. Excludes the float32
   rewrites ``winograd`` and ``gemm_pointwise``. Not exact (about 1e-2 relative L2 on
-  embeddings, masks >= 99.5% equal on the reference and a trained model): ``auto`` on AMX CPUs,
-  opt-in elsewhere (``FastPathOptions.bf16()``); ``FastPathOptions.exact()`` never uses it.
+  embeddings, masks >= 99.5% equal on the reference and a trained model): ``auto`` on AMX and
+  AVX512-BF16 CPUs, opt-in elsewhere (``FastPathOptions.bf16()``); ``FastPathOptions.exact()``
+  never uses it.
 * ``keep_freed_memory`` - make the process reuse freed CPU memory instead of page-faulting fresh
   memory for every large activation (:mod:`effvit_sam.inference.cpu_memory`; glibc Linux).
   Process-wide and applied on the first CPU encoder call; it changes no value, only where
@@ -170,9 +171,10 @@ class FastPathOptions:
 
         CPU: BN folding, epilogue fusion, channels-last, the fused neck, the compiled GELU (when
         a C++ compiler is found) and kept freed memory everywhere; then per instruction-set tier
-        (:attr:`~effvit_sam.inference.cpu_features.CpuFeatures.tier`): on AMX CPUs a bf16 encoder
-        with oneDNN's fused conv epilogues (masks >= 99.5% equal to float32, measured; README),
-        elsewhere float32 with the Winograd 3x3 and GEMM 1x1 convolutions at the tier's widths.
+        (:attr:`~effvit_sam.inference.cpu_features.CpuFeatures.tier`): on AMX and AVX512-BF16
+        CPUs a bf16 encoder with oneDNN's fused conv epilogues (masks >= 99.5% equal to float32,
+        measured; README), elsewhere float32 with the Winograd 3x3 and GEMM 1x1 convolutions at
+        the tier's widths.
         ``compile=True`` and int8 are opt-in. :meth:`exact` is the float32-only choice.
         CUDA: BN folding, epilogues, channels-last, a compiled encoder and bf16 autocast (fp16
         where the GPU has no bf16); cuDNN picks its own convolution algorithms.
@@ -226,10 +228,10 @@ class FastPathOptions:
 
     @classmethod
     def bf16(cls) -> FastPathOptions:
-        """The CPU fast path with a bf16 encoder (``auto`` on AMX CPUs; elsewhere opt-in and
-        slower where the CPU has no bf16 units: see the module docstring). oneDNN's fused
-        epilogues are on wherever oneDNN runs them in bf16 (not on AVX2-only CPUs): PyTorch's
-        own GELU on bf16 tensors is many times slower than the fused post-op."""
+        """The CPU fast path with a bf16 encoder (``auto`` on AMX and AVX512-BF16 CPUs;
+        elsewhere opt-in, and slower where the CPU has no bf16 units: see the module
+        docstring). oneDNN's fused epilogues are on wherever oneDNN runs them in bf16 (not on
+        AVX2-only CPUs): PyTorch's own GELU on bf16 tensors is slower than the fused post-op."""
         return cls.exact("cpu").with_(autocast_dtype=torch.bfloat16, winograd=False,
                                       gemm_pointwise=False,
                                       onednn_epilogues=onednn_conv_available()

@@ -6,9 +6,9 @@ Engines, all in one process on the same weights and inputs:
 * ``fused`` - :func:`effvit_sam.fuse_model`: BatchNorm folded, activations and residual adds in
   place; nothing else (opt-in: ``--engines``);
 * ``fast`` - :func:`effvit_sam.inference.optimize_for_inference` with ``FastPathOptions.auto``
-  (a bf16 encoder on AMX CPUs, float32 elsewhere);
+  (a bf16 encoder on AMX and AVX512-BF16 CPUs, float32 elsewhere);
 * ``exact`` - ``FastPathOptions.exact()``: the fast path in float32 only (the same as ``fast``
-  except on AMX CPUs; opt-in);
+  except where ``auto`` is bf16; opt-in);
 * ``fast_direct`` - the fast path with oneDNN's own convolutions, the reference neck and
   PyTorch's GELU (``winograd``, ``gemm_pointwise``, ``fuse_neck`` and ``compiled_gelu`` off),
   to show what those add (opt-in);
