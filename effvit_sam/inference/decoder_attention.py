@@ -48,6 +48,7 @@ def _one_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         scale: float) -> torch.Tensor:
     """``softmax(q k^T * scale) v`` for ``B x Q x C`` queries and ``B x L x C`` keys/values."""
     if q.device.type == "cpu" and q.shape[1] >= _BMM_ATTENTION_MIN_QUERIES:
+        # baddbmm with beta=0 applies the scale inside the GEMM: no second pass over the scores
         scores = torch.baddbmm(q.new_zeros(()).expand(1, 1, 1), q, k.transpose(1, 2), beta=0,
                                alpha=scale)
         return torch.bmm(scores.softmax(-1), v)
