@@ -11,7 +11,7 @@ from effvit_sam.inference import cpu_features, decoder, decoder_attention
 from effvit_sam.inference.cpu_features import last_level_cache_bytes
 from effvit_sam.inference.decoder import FastMaskDecoder
 
-from .test_fast_decoder import _compare
+from .test_fast_decoder import _compare, _decoder_and_prompts
 
 
 @pytest.fixture(params=["bmm", "sdpa"])
@@ -47,7 +47,6 @@ def test_the_two_one_head_attentions_agree():
 
 
 def test_l0_sized_decoder_matches_sam_on_both_attention_paths(attention_path):
-    from .test_fast_decoder import _decoder_and_prompts
     dec, pe = _decoder_and_prompts(256, 2, 8, 2048, seed=1)
     _compare(dec, pe, 4, "points+box", False, True, chunk_size=4)
 
@@ -81,7 +80,6 @@ def test_upscale_band_is_a_quarter_of_the_cache_within_bounds(monkeypatch, llc, 
 
 
 def test_upscaling_does_not_depend_on_the_band_size(monkeypatch):
-    from .test_fast_decoder import _decoder_and_prompts
     dec, _ = _decoder_and_prompts(32, 1, 2, 64, seed=3)
     fast = FastMaskDecoder(dec)
     gen = torch.Generator().manual_seed(2)
