@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Issue #13: the made-data model, end to end on a CPU, resumable at every stage. A teacher
-# (efficientvit-sam-mini-teacher) trained from scratch on made shards, then the student
+# (efficientvit-sam-mini-teacher) trained from scratch on made shards and then on more of them
+# at a restarted schedule (made_teacher, made_teacher_more), then the student
 # (efficientvit-sam-mini, 1/4.9 of the teacher encoder's MACs) distilled from it exactly as
 # from SAM ViT-H: cache-teacher, phase 1 (embeddings), phase 2 with and without iterative
 # correction clicks. Every model is scored on a held-out made set (make-eval-set defaults,
 # seed 7, which no training shard uses). Run from a checkout's root:
 #   bash distill/made_model_run.sh                 # everything, or continue where it stopped
-#   FROM=student bash distill/made_model_run.sh    # start at a stage: data teacher teacher_eval
-#                                                  # cache student phase2 bundle
+#   FROM=student bash distill/made_model_run.sh    # start at a stage: data teacher teacher_more
+#                                                  # teacher_eval cache student phase2 bundle
 #   LIMIT=50 bash distill/made_model_run.sh        # quicker evals on the first 50 images
 # Training stages pass --resume auto: a killed run continues from run.out_dir/checkpoint.pt
 # (exactly: same batches, prompts and RNG draws), a finished one is trained again only if its
-# pretrained/ folder is missing. The finished teacher (6,000 steps, 2.5 h on 2 cores) is
-# committed under distill/made_model_resume/teacher/; REDO_TEACHER=1 retrains it. The teacher
+# pretrained/ folder is missing. The finished teachers (6,000 steps, 2.5 h on 2 cores, then 2,000
+# more, 62 min) are committed under distill/made_model_resume/teacher{,_more}/; REDO_TEACHER=1
+# retrains both. The teacher
 # and phase 1 train data-parallel on NPROC processes (default 2, torchrun on the CPU; a resumed
 # run needs the same NPROC), each with THREADS (default 1) intra-op threads: on 2 cores, two
 # 1-thread ranks do ~1.9x the samples per second of one 2-thread process.
@@ -25,7 +27,7 @@ FROM=${FROM:-data}
 EVAL=(--dataset coco --annotations $R/heldout_coco/annotations/instances_val.json
       --images $R/heldout_coco/images --device cpu ${LIMIT:+--limit $LIMIT})
 TEACHER=(--teacher-kind efficientvit --teacher-name efficientvit-sam-mini-teacher
-         --teacher $R/teacher/pretrained)
+         --teacher $R/teacher_more/pretrained)
 MSE=(--shards $R/heldout_shards/sa_000000.tar --student-model efficientvit-sam-mini "${TEACHER[@]}")
 mkdir -p $R/eval
 timed() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0)) s" | tee -a $R/eval/wall_times.txt; }
@@ -53,15 +55,15 @@ score() {  # score MODEL RUN [feed]: box and 1/3-click (unfed) mIoU of $R/RUN/pr
     wait_all
 }
 wait_all() { local pid; for pid in $(jobs -p); do wait "$pid"; done; }  # fails if any job failed
-stages=(data teacher teacher_eval cache student phase2 bundle)
+stages=(data teacher teacher_more teacher_eval cache student phase2 bundle)
 run=0
 for stage in "${stages[@]}"; do
     [[ $stage == "$FROM" ]] && run=1
     [[ $run == 1 ]] || continue
     case $stage in
-    data)  # training shards (seeds 0 and 2: 3,000 images), a validation set for training's own
-        # checks (seed 11), held-out shards and eval set (seed 7, make-eval-set defaults)
-        for s in a:0:30 b:2:30; do
+    data)  # training shards (seeds 0, 2 and 4: 4,500 images), a validation set for training's
+        # own checks (seed 11), held-out shards and eval set (seed 7, make-eval-set defaults)
+        for s in a:0:30 b:2:30 d:4:30; do
             IFS=: read -r name seed num <<< "$s"
             last=$(printf 'sa_%06d.tar' $((num - 1)))
             [[ -f $R/shards_$name/$last ]] || $PY -m effvit_sam make-shards --out $R/shards_$name \
@@ -82,15 +84,23 @@ for stage in "${stages[@]}"; do
             echo "teacher: the committed one from $seed (step $(tail -1 $seed/metrics.csv | cut -d, -f1))"
         fi
         train "$NPROC" finetune made_teacher ;;
+    teacher_more)  # likewise: the committed one unless REDO_TEACHER=1
+        seed=distill/made_model_resume/teacher_more
+        if [[ -z ${REDO_TEACHER:-} && -f $seed/pretrained/model.safetensors && \
+              ! -f $R/teacher_more/pretrained/model.safetensors ]]; then
+            mkdir -p $R/teacher_more && cp -r $seed/* $R/teacher_more/
+            echo "teacher_more: the committed one from $seed"
+        fi
+        train "$NPROC" finetune made_teacher_more ;;
     teacher_eval)
-        score efficientvit-sam-mini-teacher teacher ;;
+        score efficientvit-sam-mini-teacher teacher_more ;;
     cache)
-        for s in a:000029 b:000029; do
+        for s in a:000029 b:000029 d:000029; do
             IFS=: read -r name last <<< "$s"
             [[ -f $R/cache_$name/sa_$last.tar ]] || timed cache_teacher_$name \
                 env ACCELERATE_USE_CPU=true $PY -m torch.distributed.run --nproc_per_node "$NPROC" -m distill cache-teacher \
                 --shards "$R/shards_$name/sa_{000000..$last}.tar" --out $R/cache_$name --kind efficientvit \
-                --name efficientvit-sam-mini-teacher --checkpoint $R/teacher/pretrained --device cpu
+                --name efficientvit-sam-mini-teacher --checkpoint $R/teacher_more/pretrained --device cpu
         done
         $PY -m distill embed-mse "${MSE[@]}" --student-random-init --seed 1 \
             --output $R/eval/embed_mse_before.json ;;
