@@ -63,7 +63,7 @@ def plot_loss_curves(metrics_csv: str | Path, out_png: str | Path, *, title: str
         for key, pairs in val.items():
             ax.plot(*zip(*pairs, strict=True), marker="o", label=key)
         ax.set_xlabel("step")
-        ax.set_ylabel("held-out mIoU (%)")
+        ax.set_ylabel("validation mIoU (%)")  # eval.* set, not the held-out one
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
