@@ -56,7 +56,7 @@ from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import nn
 
 from .cpu_features import last_level_cache_bytes
-from .decoder_attention import _linear, i2t_update, t2i_low_rank, t2i_shared_keys
+from .decoder_attention import i2t_update, project, t2i_low_rank, t2i_shared_keys
 
 UPSCALE_BAND_BYTES = 4 << 20
 """Temporaries of one band of the mask upscaling where the CPU's cache size is unknown (and on
@@ -236,8 +236,8 @@ class FastMaskDecoder(nn.Module):
         layer = self.transformer.layers[0]
         xp = x0 + pe
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        return {"x": x0, "xp": xp, "t2i_k": _linear(t2i.k_proj, xp)[0],
-                "t2i_v": _linear(t2i.v_proj, x0)[0], "i2t_q": _linear(i2t.q_proj, xp)[0]}
+        return {"x": x0, "xp": xp, "t2i_k": project(t2i.k_proj, xp)[0],
+                "t2i_v": project(t2i.v_proj, x0)[0], "i2t_q": project(i2t.q_proj, xp)[0]}
 
     def _decode(self, sparse: torch.Tensor, x0: torch.Tensor | None, pe: torch.Tensor,
                 first: dict[str, torch.Tensor] | None, masks_idx: slice,

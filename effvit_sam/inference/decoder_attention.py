@@ -23,7 +23,8 @@ _BMM_ATTENTION_MIN_QUERIES = 32
 fused kernel measured the same)."""
 
 
-def _linear(attn_proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def project(attn_proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """One of an ``Attention``'s projections, its weights read at the call."""
     return F.linear(x, attn_proj.weight, attn_proj.bias)
 
 
@@ -37,11 +38,11 @@ def t2i_shared_keys(attn: Attention, q_in: torch.Tensor, k: torch.Tensor,
     ``L x Ci`` projected keys and values; ``B x N x C`` out."""
     b, n, _ = q_in.shape
     heads, d = _heads(attn)
-    q = _linear(attn.q_proj, q_in).view(b * n, heads, d).transpose(0, 1)  # H x BN x d
+    q = project(attn.q_proj, q_in).view(b * n, heads, d).transpose(0, 1)  # H x BN x d
     k = k.view(-1, heads, d).transpose(0, 1)
     v = v.view(-1, heads, d).transpose(0, 1)
     out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d), as SAM's Attention
-    return _linear(attn.out_proj, out.transpose(0, 1).reshape(b, n, heads * d))
+    return project(attn.out_proj, out.transpose(0, 1).reshape(b, n, heads * d))
 
 
 def _one_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -62,14 +63,14 @@ def t2i_low_rank(attn: Attention, q_in: torch.Tensor, x: torch.Tensor,
     without projecting them: scores ``(q_h Wk_h) xp^T``, values ``(A x) Wv_h^T + bv``."""
     b, n, c = q_in.shape
     heads, d = _heads(attn)
-    q = _linear(attn.q_proj, q_in).view(b, n, heads, d)
+    q = project(attn.q_proj, q_in).view(b, n, heads, d)
     wk = attn.k_proj.weight.view(heads, d, c)
     qk = torch.einsum("bnhd,hdc->bhnc", q, wk).reshape(b, heads * n, c)
     # One head of width C and scale 1/sqrt(d): softmax(qk xp^T / sqrt(d)) x.
     ax = _one_head_attention(qk, xp, x, d ** -0.5)
     wv = attn.v_proj.weight.view(heads, d, c)
     out = torch.einsum("bhnc,hdc->bnhd", ax.view(b, heads, n, c), wv).reshape(b, n, heads * d)
-    return _linear(attn.out_proj, out + attn.v_proj.bias)
+    return project(attn.out_proj, out + attn.v_proj.bias)
 
 
 def i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in: torch.Tensor,
@@ -81,8 +82,8 @@ def i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in: 
     ``owns_x``: ``x`` is a temporary of this decoder that may be overwritten."""
     b, n, c = v_in.shape
     heads, d = _heads(attn)
-    k = _linear(attn.k_proj, k_in).view(b, n, heads, d) * d ** -0.5
-    v = _linear(attn.v_proj, v_in).view(b, n, heads, d)
+    k = project(attn.k_proj, k_in).view(b, n, heads, d) * d ** -0.5
+    v = project(attn.v_proj, v_in).view(b, n, heads, d)
     # M_h = v_h Wo_h^T + bo / H: the out projection folded into the values (rows of A sum to H).
     wo = attn.out_proj.weight.view(c, heads, d)
     m = torch.einsum("bnhd,chd->bhnc", v, wo).reshape(b, heads * n, c) + attn.out_proj.bias / heads
