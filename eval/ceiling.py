@@ -1,0 +1,110 @@
+"""``python -m eval.ceiling``: the best mIoU any SAM-style model can score on a dataset.
+
+SAM's mask decoder (and every EfficientViT-SAM's) answers a prompt with ``256 x 256`` logits over
+the ``1024 x 1024`` prompt frame, which SAM's post-processing upscales bilinearly to the image:
+one logit per 4 x 4 frame pixels, however large the encoder. Each ground-truth mask is here
+given the *perfect* logit map of that grid (the mask's coverage of each logit's cell, area
+averaged, mapped monotonically so that half coverage is logit 0), sent through the same
+post-processing (:func:`effvit_sam.geometry.postprocess_masks`) and thresholded at 0, as a
+predictor does; the IoU with the ground truth is that instance's ceiling. Thin or tiny objects
+lose most: a 3-pixel-wide line in a 1024-pixel image is under one logit wide.
+
+    python -m eval.ceiling --dataset coco --annotations instances_val.json --images images/
+
+prints the mIoU (all, small / medium / large as in ``effvit-sam eval``), the median and the share
+of instances under IoU 0.8; ``--output`` writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from effvit_sam import geometry
+from effvit_sam.errors import UserError, run_command
+from effvit_sam.io import write_json
+
+from .datasets import DATASET_KINDS, EvalDataset
+
+LOW_RES = 256
+"""Side of SAM's low-res mask logits (the decoder's output grid over the prompt frame)."""
+
+
+def ceiling_mask(mask: np.ndarray, frame: int = geometry.PROMPT_FRAME,
+                 low_res: int = LOW_RES) -> np.ndarray:
+    """``mask`` (``H x W`` bool) as the best ``low_res``-grid logits can draw it after SAM's
+    post-processing: its coverage of each logit's cell, minus one half, upscaled and
+    thresholded at 0."""
+    h, w = mask.shape
+    input_size = geometry.preprocess_shape(h, w, frame)
+    cells = tuple(max(1, round(n * low_res / frame)) for n in input_size)
+    cover = F.interpolate(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None],
+                          cells, mode="area")
+    logits = torch.full((1, 1, low_res, low_res), -0.5)
+    logits[..., : cells[0], : cells[1]] = cover - 0.5
+    return (geometry.postprocess_masks(logits, input_size, (h, w), frame)[0, 0] > 0).numpy()
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
+def run(dataset: EvalDataset, limit: int | None = None, progress: bool = True) -> dict:
+    """The ceiling of every usable instance of the first ``limit`` images (sorted ids)."""
+    ious: dict[str, list[float]] = {"small": [], "medium": [], "large": []}
+    ids = dataset.image_ids[:limit]
+    for image_id in tqdm(ids, desc="ceiling", unit="image", disable=not progress):
+        for inst in dataset.instances(image_id):
+            gt = inst.mask()
+            ious[inst.size].append(mask_iou(ceiling_mask(gt), gt))
+    every = np.array([v for bucket in ious.values() for v in bucket])
+    if not every.size:
+        raise UserError("no usable instance in the annotations")
+    out = {"images": len(ids), "instances": int(every.size),
+           "mIoU": round(100 * float(every.mean()), 2),
+           "median_IoU": round(100 * float(np.median(every)), 2),
+           "share_under_0.8": round(100 * float((every < 0.8).mean()), 2)}
+    for bucket, values in ious.items():
+        out[f"mIoU_{bucket}"] = round(100 * float(np.mean(values)), 2) if values else None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.ceiling",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=DATASET_KINDS, required=True)
+    p.add_argument("--annotations", required=True, help="COCO-format annotation file")
+    p.add_argument("--images", required=True, help="its image folder (not read: checked only)")
+    p.add_argument("--limit", type=int, help="only the first N images (sorted ids)")
+    p.add_argument("--output", help="also write the figures to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    try:
+        dataset = EvalDataset(args.dataset, args.annotations, args.images)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--annotations {args.annotations}: {err}") from None
+    figures = run(dataset, args.limit)
+    for key, value in figures.items():
+        print(f"{key:>16}: {value}")
+    if args.output:
+        write_json(args.output, {"annotations": args.annotations, **figures})
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sys.exit(run_command("python -m eval.ceiling", main, sys.argv[1:]))
