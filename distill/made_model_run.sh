@@ -109,10 +109,10 @@ for stage in "${stages[@]}"; do
         $PY -m distill embed-mse "${MSE[@]}" --student $R/student_p1/pretrained \
             --output $R/eval/embed_mse_after.json
         score efficientvit-sam-mini student_p1 ;;
-    phase2)  # with and without correction clicks, side by side (one process each)
-        train finetune made_student_phase2_noclicks &
-        train finetune made_student_phase2 &
-        wait_all
+    phase2)  # without correction clicks (200 steps, one process), then with them (the bundled
+        # student: 600 steps on NPROC ranks)
+        train finetune made_student_phase2_noclicks
+        train "$NPROC" finetune made_student_phase2
         score efficientvit-sam-mini student_p2_noclicks feed
         score efficientvit-sam-mini student_p2_clicks feed ;;
     bundle)  # the final student (phase 2 with clicks) becomes the package's bundled model

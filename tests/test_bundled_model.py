@@ -67,17 +67,17 @@ def _box_ious(predictor: SamPredictor, scene) -> list[float]:
 def test_box_miou_on_made_scenes_it_never_saw(one_thread):
     # Eval-stream scenes (stream 1) of a seed no training or held-out set uses, at the
     # make-eval-set default size (512 pixels on the long side). Issue #13 asks for >= 70 here;
-    # the model bundled now (from the 6,000-step teacher, README "Recipe log") scores 55.8
-    # (the one before it, from a 2,000-step teacher, 53.7), and the same architecture with
-    # random weights under 10: the floor below is the shipped model's, with a margin, not the
-    # issue's target.
+    # the model bundled now (from made_teacher_more, README "Recipe log") scores 65.3 (the ones
+    # before it, from the 6,000- and 2,000-step teachers, 55.8 and 53.7), and the same
+    # architecture with random weights under 10: the floor below is the shipped model's, with a
+    # margin, not the issue's target.
     scenes = [scene_for(4242, 1, image_id, long_side=512) for image_id in (1, 2, 3)]
     trained = [iou for scene in scenes
                for iou in _box_ious(SamPredictor(from_pretrained(NAME)), scene)]
     random = [iou for scene in scenes[:1]
               for iou in _box_ious(SamPredictor(build_sam(NAME).eval()), scene)]
     assert len(trained) >= 20
-    assert np.mean(trained) * 100 >= 51, f"box mIoU {np.mean(trained) * 100:.1f}"
+    assert np.mean(trained) * 100 >= 60, f"box mIoU {np.mean(trained) * 100:.1f}"
     assert np.mean(random) * 100 < 20
 
 
