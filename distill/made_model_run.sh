@@ -55,6 +55,14 @@ score() {  # score MODEL RUN [feed]: box and 1/3-click (unfed) mIoU of $R/RUN/pr
     wait_all
 }
 wait_all() { local pid; for pid in $(jobs -p); do wait "$pid"; done; }  # fails if any job failed
+committed() {  # committed RUN: copy distill/made_model_resume/RUN to $R/RUN unless REDO_TEACHER
+    local seed=distill/made_model_resume/$1
+    if [[ -z ${REDO_TEACHER:-} && -f $seed/pretrained/model.safetensors && \
+          ! -f $R/$1/pretrained/model.safetensors ]]; then
+        mkdir -p "$R/$1" && cp -r "$seed"/* "$R/$1/"
+        echo "$1: the committed one from $seed (step $(tail -1 "$seed/metrics.csv" | cut -d, -f1))"
+    fi
+}
 stages=(data teacher teacher_more teacher_eval cache student phase2 bundle)
 run=0
 for stage in "${stages[@]}"; do
@@ -75,22 +83,12 @@ for stage in "${stages[@]}"; do
             --out $R/heldout_shards --num-shards 1 --images-per-shard 50 --seed 7 --image-size 512
         [[ -f $R/heldout_coco/annotations/instances_val.json ]] || $PY -m effvit_sam make-eval-set \
             --out $R/heldout_coco --num-images 200 --seed 7 --format coco ;;
-    teacher)  # the finished teacher is committed (distill/made_model_resume/teacher): used as is
-        # unless REDO_TEACHER=1 trains it again from scratch
-        seed=distill/made_model_resume/teacher
-        if [[ -z ${REDO_TEACHER:-} && -f $seed/pretrained/model.safetensors && \
-              ! -f $R/teacher/pretrained/model.safetensors ]]; then
-            mkdir -p $R/teacher && cp -r $seed/* $R/teacher/
-            echo "teacher: the committed one from $seed (step $(tail -1 $seed/metrics.csv | cut -d, -f1))"
-        fi
+    teacher)  # the finished teachers are committed (distill/made_model_resume/): used as they
+        # are unless REDO_TEACHER=1 trains them again
+        committed teacher
         train "$NPROC" finetune made_teacher ;;
-    teacher_more)  # likewise: the committed one unless REDO_TEACHER=1
-        seed=distill/made_model_resume/teacher_more
-        if [[ -z ${REDO_TEACHER:-} && -f $seed/pretrained/model.safetensors && \
-              ! -f $R/teacher_more/pretrained/model.safetensors ]]; then
-            mkdir -p $R/teacher_more && cp -r $seed/* $R/teacher_more/
-            echo "teacher_more: the committed one from $seed"
-        fi
+    teacher_more)
+        committed teacher_more
         train "$NPROC" finetune made_teacher_more ;;
     teacher_eval)
         score efficientvit-sam-mini-teacher teacher_more ;;
