@@ -141,7 +141,7 @@ def inference_settings(options) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``effvit-sam eval``; bad input raises :class:`UserError` (exit code 2
     through :func:`effvit_sam.errors.run_command`)."""
-    from effvit_sam.weights import resolve_device, resolve_model
+    from effvit_sam.weights import resolve_device
 
     args = build_parser().parse_args(argv)
     task, dataset = _check_settings(args)
@@ -150,6 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate.utils import gather_object
 
     accelerator = Accelerator(cpu=requested is not None and requested.type == "cpu")
+    try:
+        return _evaluate(args, task, dataset, accelerator, requested, gather_object)
+    finally:
+        # destroy the process group before the interpreter exits, as torch asks: once, a rank
+        # of a 2-process CPU run without this aborted at exit after its work was done
+        # ("terminate called without an active exception", exit code -6)
+        accelerator.end_training()
+
+
+def _evaluate(args: argparse.Namespace, task: EvalTask, dataset: EvalDataset, accelerator,
+              requested, gather_object) -> int:
+    from effvit_sam.weights import resolve_model
+
     device = requested if requested is not None else accelerator.device
     model, weights = resolve_model(args.model, checkpoint=args.checkpoint,
                                    random_weights=args.random_weights, device=device,
