@@ -31,6 +31,7 @@ from effvit_sam.errors import UserError, run_command
 from effvit_sam.io import write_json
 
 from .datasets import DATASET_KINDS, EvalDataset
+from .metrics import mask_iou
 
 LOW_RES = 256
 """Side of SAM's low-res mask logits (the decoder's output grid over the prompt frame)."""
@@ -49,11 +50,6 @@ def ceiling_mask(mask: np.ndarray, frame: int = geometry.PROMPT_FRAME,
     logits = torch.full((1, 1, low_res, low_res), -0.5)
     logits[..., : cells[0], : cells[1]] = cover - 0.5
     return (geometry.postprocess_masks(logits, input_size, (h, w), frame)[0, 0] > 0).numpy()
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 def run(dataset: EvalDataset, limit: int | None = None, progress: bool = True) -> dict:

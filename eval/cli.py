@@ -147,11 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     task, dataset = _check_settings(args)
     requested = resolve_device(args.device)
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
 
     accelerator = Accelerator(cpu=requested is not None and requested.type == "cpu")
     try:
-        return _evaluate(args, task, dataset, accelerator, requested, gather_object)
+        return _evaluate(args, task, dataset, accelerator, requested)
     finally:
         # destroy the process group before the interpreter exits, as torch asks: once, a rank
         # of a 2-process CPU run without this aborted at exit after its work was done
@@ -160,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace, task: EvalTask, dataset: EvalDataset, accelerator,
-              requested, gather_object) -> int:
+              requested) -> int:
+    from accelerate.utils import gather_object
+
     from effvit_sam.weights import resolve_model
 
     device = requested if requested is not None else accelerator.device

@@ -9,7 +9,8 @@ import pytest
 
 from distill.cli import make_eval_set_main
 from effvit_sam.errors import run_command
-from eval.ceiling import ceiling_mask, main, mask_iou
+from eval.ceiling import ceiling_mask, main
+from eval.metrics import mask_iou
 
 
 def test_a_square_on_the_logit_grid_loses_only_its_corners() -> None:
