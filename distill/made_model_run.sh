@@ -14,10 +14,10 @@
 # (exactly: same batches, prompts and RNG draws), a finished one is trained again only if its
 # pretrained/ folder is missing. The finished teachers (6,000 steps, 2.5 h on 2 cores, then 2,000
 # more, 62 min) are committed under distill/made_model_resume/teacher{,_more}/; REDO_TEACHER=1
-# retrains both. The teachers,
-# phase 1 and the clicks phase 2 train data-parallel on NPROC processes (default 2, torchrun on the CPU; a resumed
-# run needs the same NPROC), each with THREADS (default 1) intra-op threads: on 2 cores, two
-# 1-thread ranks do ~1.9x the samples per second of one 2-thread process.
+# retrains both. The teachers, phase 1 and the clicks phase 2 train data-parallel on NPROC
+# processes (default 2, torchrun on the CPU; a resumed run needs the same NPROC), each with
+# THREADS (default 1) intra-op threads: on 2 cores, two 1-thread ranks do ~1.9x the samples per
+# second of one 2-thread process.
 set -euo pipefail
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 R=runs/made
