@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .config_types import ConfigError, build_dataclass
-from .losses import DICE_WEIGHT, FOCAL_WEIGHT
+from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBED_LOSSES = ("mse", "l1", "huber", "cosine")
@@ -88,6 +88,9 @@ class TrainConfig:
     focal_weight: float = FOCAL_WEIGHT
     """Phase 2: weight of the focal (or BCE) term; SAM's 20:1 with ``dice_weight``."""
     dice_weight: float = DICE_WEIGHT
+    iou_weight: float = IOU_WEIGHT
+    """Phase 2: weight of the IoU head's MSE against each output's actual IoU (SAM's 1). The
+    evaluators keep the best-scored of the three masks, so this head decides which one."""
     seed: int = 0
     max_nonfinite_steps: int = 5
     """Stop the run (exit code 2) after this many consecutive steps whose loss or gradient norm
@@ -195,6 +198,7 @@ class Config:
             (self.train.focal_weight >= 0 and self.train.dice_weight >= 0
              and self.train.focal_weight + self.train.dice_weight > 0,
              "train.focal_weight and train.dice_weight must be >= 0, not both 0"),
+            (self.train.iou_weight >= 0, "train.iou_weight must be >= 0"),
             (self.train.steps > 0 and self.train.grad_accum > 0,
              "train.steps and train.grad_accum must be positive"),
             (self.train.max_nonfinite_steps > 0, "train.max_nonfinite_steps must be positive"),

@@ -80,11 +80,12 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def sam_mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, *,
                   kind: str = "focal", focal_weight: float = FOCAL_WEIGHT,
-                  dice_weight: float = DICE_WEIGHT
+                  dice_weight: float = DICE_WEIGHT, iou_weight: float = IOU_WEIGHT
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """SAM's loss for ``K x M x H x W`` logits (M outputs per prompt) against ``K x H x W`` masks.
 
-    Per output: ``focal_weight`` x focal (or BCE, ``kind="bce"``) + ``dice_weight`` x dice. The
+    Per output: ``focal_weight`` x focal (or BCE, ``kind="bce"``) + ``dice_weight`` x dice, plus
+    ``iou_weight`` x the IoU head's MSE. The
     mask loss back-propagates only through the best (lowest-loss) of the M outputs, so the
     multimask head can keep its ambiguity; the IoU head learns every output's actual IoU.
     Returns ``(total, parts, best)`` with ``best`` the ``K`` indices of the chosen outputs.
@@ -104,4 +105,4 @@ def sam_mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Te
     mask = per_output[rows, best].mean()
     parts = {"mask": mask.detach(), "focal": pixel[rows, best].mean().detach(),
              "dice": dice[rows, best].mean().detach(), "iou_mse": iou.detach()}
-    return mask + IOU_WEIGHT * iou, parts, best
+    return mask + iou_weight * iou, parts, best

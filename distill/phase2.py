@@ -25,7 +25,7 @@ from .cache import checked_shards, expand_urls
 from .config import Config, PromptConfig
 from .engine import Task
 from .init import build_model
-from .losses import DICE_WEIGHT, FOCAL_WEIGHT, sam_mask_loss
+from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT, sam_mask_loss
 from .prompts import correction_clicks, jitter_boxes, near_negatives, sample_points
 
 
@@ -38,7 +38,7 @@ class FinetuneStep(nn.Module):
 
     def __init__(self, sam: EfficientViTSam, prompts: PromptConfig, *, mask_loss: str,
                  focal_weight: float = FOCAL_WEIGHT, dice_weight: float = DICE_WEIGHT,
-                 fast_decoder: bool = True) -> None:
+                 iou_weight: float = IOU_WEIGHT, fast_decoder: bool = True) -> None:
         super().__init__()
         self.sam = sam
         # The same decoder modules behind FastMaskDecoder's algebra, kept out of the module tree
@@ -48,7 +48,7 @@ class FinetuneStep(nn.Module):
         self.prompts = prompts
         self.mask_loss = mask_loss
         self.weights = {"kind": mask_loss, "focal_weight": focal_weight,
-                        "dice_weight": dice_weight}
+                        "dice_weight": dice_weight, "iou_weight": iou_weight}
 
     def _first_prompt(self, masks: torch.Tensor, boxes: torch.Tensor, input_size, generator):
         cfg = self.prompts
@@ -142,7 +142,7 @@ def phase2_task(cfg: Config, accelerator) -> Task:
     checked_shards(cfg.data.shards, "data.shards")  # a typo fails here, not as "no batch"
     step = FinetuneStep(model, cfg.prompts, mask_loss=cfg.train.mask_loss,
                         focal_weight=cfg.train.focal_weight, dice_weight=cfg.train.dice_weight,
-                        fast_decoder=cfg.train.fast_decoder)
+                        iou_weight=cfg.train.iou_weight, fast_decoder=cfg.train.fast_decoder)
     return Task(model=model, step_module=step,
                 make_loader=lambda epoch: make_phase2_loader(cfg, encoder_size=model.encoder_size,
                                                              epoch=epoch))

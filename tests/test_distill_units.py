@@ -156,6 +156,11 @@ def test_mask_loss_weights_scale_focal_and_dice() -> None:
     total, _, _ = losses.sam_mask_loss(logits, iou_pred, target, kind="bce", focal_weight=0.5,
                                        dice_weight=0.0)
     assert total.item() == pytest.approx(0.5 * math.log(2))
+    iou_pred = torch.tensor([[0.75]])  # actual IoU 0: squared error 0.5625
+    total, parts, _ = losses.sam_mask_loss(logits, iou_pred, target, kind="bce", focal_weight=0.5,
+                                           dice_weight=0.0, iou_weight=4.0)
+    assert parts["iou_mse"].item() == pytest.approx(0.5625)
+    assert total.item() == pytest.approx(0.5 * math.log(2) + 4 * 0.5625)
 
 
 def test_mask_loss_weights_come_from_the_config() -> None:
@@ -166,6 +171,10 @@ def test_mask_loss_weights_come_from_the_config() -> None:
     for bad in (["train.focal_weight=-1"], ["train.focal_weight=0", "train.dice_weight=0"]):
         with pytest.raises(ValueError, match="focal_weight and train.dice_weight"):
             load_config("smoke_phase2", bad)
+    assert load_config("smoke_phase2").train.iou_weight == 1.0  # SAM's
+    assert load_config("smoke_phase2", ["train.iou_weight=5"]).train.iou_weight == 5.0
+    with pytest.raises(ValueError, match="train.iou_weight must be >= 0"):
+        load_config("smoke_phase2", ["train.iou_weight=-1"])
 
 
 def _two_mask_batch() -> dict:
@@ -188,16 +197,16 @@ def test_finetune_step_uses_the_configured_weights() -> None:
     batch = _two_mask_batch()
     prompts = PromptConfig(box_prob=1.0, box_jitter=0.0)
     results = {}
-    for weights in ((20.0, 1.0), (0.0, 1.0), (1.0, 0.0)):
+    for weights in ((20.0, 1.0, 1.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 7.0)):
         step = FinetuneStep(model, prompts, mask_loss="focal", focal_weight=weights[0],
-                            dice_weight=weights[1])
+                            dice_weight=weights[1], iou_weight=weights[2])
         with torch.no_grad():
             results[weights] = step(batch, torch.Generator().manual_seed(0))
-    for (fw, dw), (loss, parts) in results.items():
-        expected = fw * parts["focal"] + dw * parts["dice"] + parts["iou_mse"]
+    for (fw, dw, iw), (loss, parts) in results.items():
+        expected = fw * parts["focal"] + dw * parts["dice"] + iw * parts["iou_mse"]
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     # the same prediction each time: only the weighting differs
-    assert results[(0.0, 1.0)][1]["dice"] == results[(20.0, 1.0)][1]["dice"]
+    assert results[(0.0, 1.0, 1.0)][1]["dice"] == results[(20.0, 1.0, 1.0)][1]["dice"]
 
 
 @pytest.mark.parametrize("multimask_all, box_prob, expected", [
