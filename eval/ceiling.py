@@ -30,7 +30,7 @@ from effvit_sam import geometry
 from effvit_sam.errors import UserError, run_command
 from effvit_sam.io import write_json
 
-from .datasets import DATASET_KINDS, EvalDataset
+from .datasets import DATASET_KINDS, EvalDataset, open_dataset
 from .metrics import mask_iou
 
 LOW_RES = 256
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    try:
-        dataset = EvalDataset(args.dataset, args.annotations, args.images)
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"--annotations {args.annotations}: {err}") from None
+    dataset = open_dataset(args.dataset, args.annotations, args.images)
     figures = run(dataset, args.limit)
     for key, value in figures.items():
         print(f"{key:>16}: {value}")

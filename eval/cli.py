@@ -19,7 +19,7 @@ from effvit_sam import list_models
 from effvit_sam.errors import UserError
 from effvit_sam.io import read_json
 
-from .datasets import DATASET_KINDS, EvalDataset
+from .datasets import DATASET_KINDS, EvalDataset, open_dataset
 from .predictors import SamBatchPredictor
 from .report import file_sha256, format_table, markdown_row, write_report
 from .runner import MODES, EvalTask, run_evaluation
@@ -120,12 +120,9 @@ def _check_settings(args: argparse.Namespace) -> tuple[EvalTask, EvalDataset]:
         task = EvalTask(mode=args.mode, num_clicks=args.num_clicks, limit=args.limit,
                         detections=args.detections, feed_logits=args.feed_logits,
                         include_crowd=args.include_crowd)
-        dataset = EvalDataset(args.dataset, args.annotations, args.images)
-    except FileNotFoundError as err:
+    except ValueError as err:
         raise UserError(str(err)) from None
-    except (ValueError, KeyError, TypeError) as err:  # malformed annotation file
-        raise UserError(f"--annotations {args.annotations}: {err}") from None
-    return task, dataset
+    return task, open_dataset(args.dataset, args.annotations, args.images)
 
 
 def inference_settings(options) -> dict:

@@ -348,3 +348,14 @@ def load_detections(path: str | Path, dataset: EvalDataset, *,
             dets.sort(key=lambda d: -float(d["score"]))
             by_image[image_id] = dets[:max_per_image]
     return by_image, skipped
+
+
+def open_dataset(kind: str, annotations: str | Path, images: str | Path) -> EvalDataset:
+    """:class:`EvalDataset` for a command line: a missing file or a malformed annotation file
+    becomes a :class:`UserError` naming it (exit code 2, no traceback)."""
+    try:
+        return EvalDataset(kind, annotations, images)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--annotations {annotations}: {err}") from None
