@@ -59,13 +59,16 @@ def test_cli_on_a_made_set(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("argv, message", [
     (["--limit", "0"], "--limit must be >= 1"),
     (["--annotations", "missing.json"], "annotation file not found"),
+    (["--annotations", "BROKEN"], "--annotations "),  # a JSON list, not a COCO dict
 ])
 def test_cli_errors(tmp_path, capsys, argv, message) -> None:
     ann = tmp_path / "a.json"
     ann.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     base = {"--dataset": "coco", "--annotations": str(ann), "--images": str(tmp_path)}
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2]")
     for flag, value in zip(argv[::2], argv[1::2], strict=True):
-        base[flag] = value
+        base[flag] = str(broken) if value == "BROKEN" else value
     args = [x for kv in base.items() for x in kv]
     assert run_command("python -m eval.ceiling", main, args) == 2
     assert message in capsys.readouterr().err
