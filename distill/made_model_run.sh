@@ -3,7 +3,8 @@
 # (efficientvit-sam-mini-teacher) trained from scratch on made shards and then on more of them
 # at a restarted schedule (made_teacher, made_teacher_more), then the student
 # (efficientvit-sam-mini, 1/4.9 of the teacher encoder's MACs) distilled from it exactly as
-# from SAM ViT-H: cache-teacher, phase 1 (embeddings), phase 2 with and without iterative
+# from SAM ViT-H: cache-teacher, phase 1 (embeddings; 4,800 steps, then 2,400 more at a
+# restarted cosine), phase 2 with and without iterative
 # correction clicks. Every model is scored on a held-out made set (make-eval-set defaults,
 # seed 7, which no training shard uses). Run from a checkout's root:
 #   bash distill/made_model_run.sh                 # everything, or continue where it stopped
@@ -106,7 +107,11 @@ for stage in "${stages[@]}"; do
         train "$NPROC" distill made_student_phase1
         $PY -m distill embed-mse "${MSE[@]}" --student $R/student_p1/pretrained \
             --output $R/eval/embed_mse_after.json
-        score efficientvit-sam-mini student_p1 ;;
+        score efficientvit-sam-mini student_p1
+        train "$NPROC" distill made_student_phase1_more  # 2,400 steps more, restarted cosine
+        $PY -m distill embed-mse "${MSE[@]}" --student $R/student_p1_more/pretrained \
+            --output $R/eval/embed_mse_after_more.json
+        score efficientvit-sam-mini student_p1_more ;;
     phase2)  # without correction clicks (200 steps, one process), then with them (the bundled
         # student: 600 steps on NPROC ranks)
         train finetune made_student_phase2_noclicks
