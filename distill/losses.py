@@ -84,10 +84,10 @@ def sam_mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Te
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """SAM's loss for ``K x M x H x W`` logits (M outputs per prompt) against ``K x H x W`` masks.
 
-    Per output: ``focal_weight`` x focal (or BCE, ``kind="bce"``) + ``dice_weight`` x dice, plus
-    ``iou_weight`` x the IoU head's MSE. The
-    mask loss back-propagates only through the best (lowest-loss) of the M outputs, so the
-    multimask head can keep its ambiguity; the IoU head learns every output's actual IoU.
+    Per output: ``focal_weight`` x focal (or BCE, ``kind="bce"``) + ``dice_weight`` x dice,
+    plus ``iou_weight`` x the IoU head's MSE. The mask loss back-propagates only through the
+    best (lowest-loss) of the M outputs, so the multimask head can keep its ambiguity; the IoU
+    head learns every output's actual IoU.
     Returns ``(total, parts, best)`` with ``best`` the ``K`` indices of the chosen outputs.
     """
     if kind == "focal":  # the same values as focal_loss / dice_loss, several times faster

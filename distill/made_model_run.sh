@@ -4,9 +4,9 @@
 # at a restarted schedule (made_teacher, made_teacher_more), then the student
 # (efficientvit-sam-mini, 1/4.9 of the teacher encoder's MACs) distilled from it exactly as
 # from SAM ViT-H: cache-teacher, phase 1 (embeddings; 4,800 steps, then 2,400 more at a
-# restarted cosine), phase 2 with and without iterative
-# correction clicks. Every model is scored on a held-out made set (make-eval-set defaults,
-# seed 7, which no training shard uses). Run from a checkout's root:
+# restarted cosine), phase 2 with and without iterative correction clicks. Every model is scored
+# on a held-out made set (make-eval-set defaults, seed 7, which no training shard uses). Run
+# from a checkout's root:
 #   bash distill/made_model_run.sh                 # everything, or continue where it stopped
 #   FROM=student bash distill/made_model_run.sh    # start at a stage: data teacher teacher_more
 #                                                  # teacher_eval cache student phase2 bundle

@@ -70,7 +70,7 @@ CASES = {
     "unknown recipe": (
         lambda t: ["distill", "--config", "l9_phase1"],
         "--config l9_phase1: no such file and no packaged recipe of that name; packaged "
-        "recipes: finetune_custom, finetune_wafer"),
+        "recipes: finetune_custom, finetune_wafer, finetune_wafer_256, l0_phase1, "),
     "bad YAML file": (
         lambda t: ["distill", "--config", str(_bad_yaml(t))],
         "bad.yaml: invalid YAML at line 4, column 8: expected ',' or ']'"),
