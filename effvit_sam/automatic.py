@@ -45,6 +45,7 @@ from tqdm import tqdm
 from . import geometry
 from .inference import FastPathOptions
 from .inference.decoder import FastMaskDecoder
+from .mask_rle import extend_mask_data, uncrop_rles_transposed
 from .masks import inclusive_box_to_xywh
 from .predictor import EfficientViTSamPredictor, EncodedImage
 from .predictor_inputs import as_rgb_image
@@ -59,64 +60,6 @@ LOW_RES_STABILITY_MARGIN = 0.05
 ``stability_score_thresh`` minus this margin are dropped before upscaling (SAM's full-resolution
 stability still decides for the rest). Low- and full-resolution stability differ by a few
 hundredths on thin masks; the margin keeps those (README: masks matched)."""
-
-
-def _uncrop_rles(masks: torch.Tensor, crop_box: list[int], orig_size: tuple[int, int]) -> list:
-    """SAM's uncompressed RLEs of ``K x h x w`` crop masks in the whole ``H x W`` image (what
-    ``mask_to_rle_pytorch(uncrop_masks(...))`` gives); see :func:`_uncrop_rles_transposed`."""
-    return _uncrop_rles_transposed(masks.transpose(1, 2), crop_box, orig_size)
-
-
-def _uncrop_rles_transposed(masks_t: torch.Tensor, crop_box: list[int],
-                            orig_size: tuple[int, int]) -> list:
-    """RLEs in the whole ``H x W`` image of crop masks given transposed, ``K x w x h`` (row i is
-    the crop's column i: the column-major order of COCO's runs, so no transposing copy).
-
-    The ``K x H x W`` uncropped masks are never made: the crop's columns are padded to ``H`` rows,
-    then the zero columns left and right of the crop are added to the first and last run. All
-    masks' run boundaries come from one comparison and one ``nonzero`` over the batch.
-    """
-    x0, y0, x1, y1 = crop_box
-    h, w = orig_size
-    if (y0, y1) != (0, h):
-        masks_t = torch.nn.functional.pad(masks_t, (y0, h - y1))
-    k = masks_t.shape[0]
-    flat = masks_t.reshape(k, -1)
-    length = flat.shape[1]
-    changes = (flat[:, 1:] != flat[:, :-1]).nonzero()  # (mask, position) in row-major order
-    per_mask = torch.bincount(changes[:, 0], minlength=k).tolist()
-    positions = (changes[:, 1] + 1).cpu().numpy()
-    starts_on = flat[:, 0].tolist()
-    left, right = x0 * h, (w - x1) * h
-    rles, offset = [], 0
-    for i in range(k):
-        bounds = np.concatenate([[0], positions[offset: offset + per_mask[i]], [length]])
-        offset += per_mask[i]
-        runs = np.diff(bounds).tolist()
-        counts = [0, *runs] if starts_on[i] else runs  # counts start with a zero run
-        counts[0] += left
-        if len(counts) % 2:  # odd length: the last run is zeros
-            counts[-1] += right
-        elif right:
-            counts.append(right)
-        rles.append({"size": [h, w], "counts": counts})
-    return rles
-
-
-def _extend(data: MaskData, new: MaskData) -> None:
-    """``data.cat(new)`` without MaskData's deep copies (slow for long RLE count lists)."""
-    for key, value in new.items():
-        try:
-            old = data[key]
-        except KeyError:
-            data[key] = value
-            continue
-        if isinstance(value, torch.Tensor):
-            data[key] = torch.cat([old, value])
-        elif isinstance(value, np.ndarray):
-            data[key] = np.concatenate([old, value])
-        else:
-            data[key] = [*old, *value]
 
 
 class EfficientViTSamAutomaticMaskGenerator:
@@ -259,7 +202,7 @@ class EfficientViTSamAutomaticMaskGenerator:
                   leave=False) as bar:
             for crop_box, layer_idx in zip(crop_boxes, layer_idxs, strict=True):
                 whole = list(crop_box) == [0, 0, image.shape[1], image.shape[0]]
-                _extend(data, self._process_crop(image, crop_box, layer_idx, bar,
+                extend_mask_data(data, self._process_crop(image, crop_box, layer_idx, bar,
                                                  encoded if whole else None))
         if len(crop_boxes) > 1 and len(data["rles"]):
             # Prefer masks from smaller crops (more detail) among duplicates across crops.
@@ -285,7 +228,7 @@ class EfficientViTSamAutomaticMaskGenerator:
                         stability_score=torch.zeros(0))
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start: start + self.points_per_batch]
-            _extend(data, self._process_batch(encoded, batch, crop_box, image.shape[:2]))
+            extend_mask_data(data, self._process_batch(encoded, batch, crop_box, image.shape[:2]))
             bar.update(1)
         self.predictor.reset_image()
         if len(data["rles"]):
@@ -357,12 +300,12 @@ class EfficientViTSamAutomaticMaskGenerator:
             if not torch.all(keep):
                 chunk.filter(keep)
                 masks_t = masks_t[keep]
-            chunk["rles"] = _uncrop_rles_transposed(masks_t, crop_box, orig_size) \
+            chunk["rles"] = uncrop_rles_transposed(masks_t, crop_box, orig_size) \
                 if len(masks_t) else []
             del masks_t
             for key in ("iou_preds", "stability_score", "boxes"):
                 chunk[key] = chunk[key].cpu()
-            _extend(out, chunk)
+            extend_mask_data(out, chunk)
         return out
 
     def _low_res_stability(self, low_res: torch.Tensor,

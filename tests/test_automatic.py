@@ -13,7 +13,7 @@ from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import mask_to_rle_pytorch, uncrop_masks
 from torchvision.ops import box_iou
 
-from effvit_sam import EfficientViTSamAutomaticMaskGenerator, build_sam
+from effvit_sam import EfficientViTSamAutomaticMaskGenerator, build_sam, mask_rle
 from effvit_sam import automatic as automatic_module
 from effvit_sam.masks import rle_to_mask
 
@@ -71,7 +71,7 @@ def test_uncropped_rles_equal_padding_the_masks():
     masks[2, 0, 0] = True
     for crop_box in ([0, 0, 5, 7], [3, 0, 8, 7], [0, 2, 5, 9], [2, 4, 7, 11], [6, 1, 11, 8]):
         want = mask_to_rle_pytorch(uncrop_masks(masks, crop_box, 11, 11))
-        assert automatic_module._uncrop_rles(masks, crop_box, (11, 11)) == want, crop_box
+        assert mask_rle.uncrop_rles(masks, crop_box, (11, 11)) == want, crop_box
 
 
 @pytest.fixture(scope="module")
