@@ -21,7 +21,7 @@ from torch import nn
 from . import geometry
 from .inference import FastPathOptions, optimize_for_inference
 from .modeling import EfficientViTSam
-from .predictor_inputs import as_boxes, as_flag, as_mask_input, as_points, as_rgb_image
+from .predictor_inputs import as_flag, as_prompt_batch, as_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -254,53 +254,27 @@ class EfficientViTSamPredictor:
                  multimask_output: bool, return_logits: bool) -> Prediction:
         multimask_output = as_flag(multimask_output, "multimask_output")
         return_logits = as_flag(return_logits, "return_logits")
-        if points is None and labels is not None:
-            raise ValueError("labels given without points")
-        if points is None and boxes is None and mask_input is None:
-            raise ValueError("give at least one prompt: points, boxes or mask_input")
-        parts: dict[str, np.ndarray] = {}
-        batch_sizes: dict[str, int] = {}
-        if points is not None:
-            parts["coords"], parts["labels"] = as_points(points, labels, image.original_size)
-            if parts["coords"].ndim == 3:
-                batch_sizes["points"] = len(parts["coords"])
-            else:
-                parts["coords"], parts["labels"] = parts["coords"][None], parts["labels"][None]
-        if boxes is not None:
-            parts["boxes"] = as_boxes(boxes, image.original_size)
-            if parts["boxes"].ndim == 2:
-                batch_sizes["boxes"] = len(parts["boxes"])
-            else:
-                parts["boxes"] = parts["boxes"][None]
-        if mask_input is not None:
-            parts["mask"], batched = as_mask_input(mask_input)
-            if batched:
-                batch_sizes["mask_input"] = len(parts["mask"])
-        if len(set(batch_sizes.values())) > 1:
-            raise ValueError(f"batched prompts disagree on the batch size: {batch_sizes}")
-        b = next(iter(batch_sizes.values()), 1)
-        # An un-batched prompt (one point set, one box) is shared by every prompt of the batch.
-        parts = {k: np.broadcast_to(v, (b, *v.shape[1:])) for k, v in parts.items()}
+        prompts = as_prompt_batch(points, labels, boxes, mask_input, image.original_size)
 
         def tensor(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.array(x), dtype=dtype, device=self.device)
 
         coords = labels_t = boxes_t = mask_t = None
-        if "coords" in parts:
-            coords = tensor(geometry.apply_coords(parts["coords"], image.original_size,
+        if prompts.points is not None:
+            coords = tensor(geometry.apply_coords(prompts.points, image.original_size,
                                                   self.prompt_frame), torch.float)
-            labels_t = tensor(parts["labels"], torch.int)
-        if "boxes" in parts:
-            boxes_t = tensor(geometry.apply_boxes(parts["boxes"], image.original_size,
+            labels_t = tensor(prompts.labels, torch.int)
+        if prompts.boxes is not None:
+            boxes_t = tensor(geometry.apply_boxes(prompts.boxes, image.original_size,
                                                   self.prompt_frame), torch.float)
-        if "mask" in parts:
-            mask_t = tensor(parts["mask"], torch.float)
+        if prompts.mask_input is not None:
+            mask_t = tensor(prompts.mask_input, torch.float)
         masks, scores, low_res = self._predict_torch(image, coords, labels_t, boxes_t, mask_t,
                                                      multimask_output, return_logits)
         # float32 out also under a caller's autocast (numpy has no bfloat16)
         out = tuple((t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).cpu().numpy()
                     for t in (masks, scores, low_res))
-        return out if batch_sizes else tuple(x[0] for x in out)
+        return out if prompts.batched else tuple(x[0] for x in out)
 
     def predict_torch(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
                       boxes: torch.Tensor | None = None, mask_input: torch.Tensor | None = None,

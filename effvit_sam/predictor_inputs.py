@@ -29,6 +29,8 @@ Rules (documented here once, referenced by the predictor's docstrings):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -171,3 +173,56 @@ def as_mask_input(mask_input) -> tuple[np.ndarray, bool]:
     _check_finite(array, "mask_input")
     batched = array.ndim == 4
     return (array if batched else array[None]), batched
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """The checked prompts of one ``predict`` call as ``size`` prompt sets (original frame):
+    ``points`` ``B x N x 2`` float64 with ``labels`` ``B x N`` int64, ``boxes`` ``B x 4``,
+    ``mask_input`` ``B x 1 x 256 x 256`` float32; ``None`` where not given. An un-batched prompt
+    (one point set, one box, one mask) is shared by every set (a broadcast view). ``batched``:
+    some prompt came with a batch axis, so the outputs keep one."""
+
+    points: np.ndarray | None
+    labels: np.ndarray | None
+    boxes: np.ndarray | None
+    mask_input: np.ndarray | None
+    size: int
+    batched: bool
+
+
+def as_prompt_batch(points, labels, boxes, mask_input,
+                    original_size: tuple[int, int]) -> PromptBatch:
+    """Validate one ``predict`` call's prompts (the rules above) and put them in one batch;
+    batched prompts must agree on the batch size."""
+    if points is None and labels is not None:
+        raise ValueError("labels given without points")
+    if points is None and boxes is None and mask_input is None:
+        raise ValueError("give at least one prompt: points, boxes or mask_input")
+    sizes: dict[str, int] = {}
+    coords = point_labels = box = mask = None
+    if points is not None:
+        coords, point_labels = as_points(points, labels, original_size)
+        if coords.ndim == 3:
+            sizes["points"] = len(coords)
+        else:
+            coords, point_labels = coords[None], point_labels[None]
+    if boxes is not None:
+        box = as_boxes(boxes, original_size)
+        if box.ndim == 2:
+            sizes["boxes"] = len(box)
+        else:
+            box = box[None]
+    if mask_input is not None:
+        mask, batched_mask = as_mask_input(mask_input)
+        if batched_mask:
+            sizes["mask_input"] = len(mask)
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"batched prompts disagree on the batch size: {sizes}")
+    b = next(iter(sizes.values()), 1)
+
+    def shared(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.broadcast_to(a, (b, *a.shape[1:]))
+
+    return PromptBatch(shared(coords), shared(point_labels), shared(box), shared(mask), b,
+                       bool(sizes))

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import geometry
 from ..geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
-from ..predictor_inputs import as_boxes, as_flag, as_mask_input, as_points, as_rgb_image
+from ..predictor_inputs import PromptBatch, as_flag, as_prompt_batch, as_rgb_image
 
 MASK_THRESHOLD = 0.0
 
@@ -95,47 +95,27 @@ class OnnxSamPredictor:
         """
         if self.features is None:
             raise RuntimeError("no image is set: call set_image(image) before predict")
-        if points is None and boxes is None and mask_input is None:
-            raise ValueError("give at least one prompt: points, boxes or mask_input")
-        if points is None and labels is not None:
-            raise ValueError("labels given without points")
         multimask_output = as_flag(multimask_output, "multimask_output")
         return_logits = as_flag(return_logits, "return_logits")
-        # the PyTorch predictor's validation: shapes, finite values, inside the image
-        pts = lbl = box = mask = None
-        if points is not None:
-            pts, lbl = as_points(points, labels, self.original_size)
-            lbl = lbl.astype(np.float64)
-        if boxes is not None:
-            box = as_boxes(boxes, self.original_size)
-        if mask_input is not None:
-            mask, batched_mask = as_mask_input(mask_input)
-            mask = mask if batched_mask else mask[0]
-        if mask is not None and self._official:
+        # the PyTorch predictor's validation: shapes, finite values, inside the image, one batch
+        prompts = as_prompt_batch(points, labels, boxes, mask_input, self.original_size)
+        if prompts.mask_input is not None and self._official:
             raise ValueError("this decoder graph (official EfficientViT-SAM names) takes no "
                              "mask_input")
-        batched = (pts is not None and pts.ndim == 3) or (box is not None and box.ndim == 2) \
-            or (mask is not None and mask.ndim == 4)
-        sizes = {len(a) for a, batch_ndim in ((pts, 3), (box, 2), (mask, 4))
-                 if a is not None and a.ndim == batch_ndim}
-        if len(sizes) > 1:
-            raise ValueError(f"batched prompts disagree on the batch size: {sorted(sizes)}")
-        out = self._decode(pts, lbl, box, mask, sizes.pop() if sizes else 1, multimask_output,
-                           return_logits)
-        return out if batched else tuple(x[0] for x in out)
+        out = self._decode(prompts, multimask_output, return_logits)
+        return out if prompts.batched else tuple(x[0] for x in out)
 
-    def _decode(self, pts, lbl, box, mask, b: int, multimask_output: bool,
+    def _decode(self, prompts: PromptBatch, multimask_output: bool,
                 return_logits: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All B prompt sets in one decoder call; an un-batched prompt is shared by all B."""
+        """All B prompt sets in one decoder call."""
+        b, mask = prompts.size, prompts.mask_input
         coords, labels = [], []
-        if pts is not None:
-            n = pts.shape[-2]
-            coords.append(apply_coords(np.broadcast_to(pts, (b, n, 2)), self.original_size))
-            labels.append(np.broadcast_to(lbl, (b, n)))
-        if box is not None:
+        if prompts.points is not None:
+            coords.append(apply_coords(prompts.points, self.original_size))
+            labels.append(prompts.labels)
+        if prompts.boxes is not None:
             # A box is two corner points with labels 2 (top-left) and 3 (bottom-right).
-            corners = np.broadcast_to(box.reshape(-1, 4), (b, 4)).reshape(b, 2, 2)
-            coords.append(apply_coords(corners, self.original_size))
+            coords.append(apply_coords(prompts.boxes.reshape(b, 2, 2), self.original_size))
             labels.append(np.broadcast_to(np.array([2.0, 3.0]), (b, 2)))
         else:
             # SAM pads point-only prompts with one "not a point" (label -1).
@@ -149,7 +129,7 @@ class OnnxSamPredictor:
         if not self._official:
             side = LOW_RES_MASK_SIZE
             feeds["mask_input"] = np.zeros((1, 1, side, side), np.float32) if mask is None \
-                else np.ascontiguousarray(mask.reshape(-1, 1, side, side))
+                else np.ascontiguousarray(mask[:1] if mask.strides[0] == 0 else mask)
             feeds["has_mask_input"] = np.array([0.0 if mask is None else 1.0], np.float32)
         low_res, iou = self.decoder.run(None, feeds)
         if self._single_mask:
