@@ -11,8 +11,8 @@ lose most: a 3-pixel-wide line in a 1024-pixel image is under one logit wide.
 
     python -m eval.ceiling --dataset coco --annotations instances_val.json --images images/
 
-prints the mIoU (all, small / medium / large as in ``effvit-sam eval``), the median and the share
-of instances under IoU 0.8; ``--output`` writes them as JSON.
+prints the mIoU (all, small / medium / large and per category as in ``effvit-sam eval``), the
+median and the share of instances under IoU 0.8; ``--output`` writes them as JSON.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from effvit_sam import geometry
 from effvit_sam.errors import UserError, run_command
 from effvit_sam.io import write_json
 
-from .datasets import DATASET_KINDS, EvalDataset, open_dataset
-from .metrics import mask_iou
+from .datasets import DATASET_KINDS, SIZE_BUCKETS, EvalDataset, open_dataset
+from .metrics import InstanceResult, mask_iou, miou_by_category
 
 LOW_RES = 256
 """Side of SAM's low-res mask logits (the decoder's output grid over the prompt frame)."""
@@ -53,22 +53,28 @@ def ceiling_mask(mask: np.ndarray, frame: int = geometry.PROMPT_FRAME,
 
 
 def run(dataset: EvalDataset, limit: int | None = None, progress: bool = True) -> dict:
-    """The ceiling of every usable instance of the first ``limit`` images (sorted ids)."""
-    ious: dict[str, list[float]] = {"small": [], "medium": [], "large": []}
+    """The ceiling of every usable instance of the first ``limit`` images (sorted ids): overall,
+    per size bucket and per category (worst first, as ``effvit-sam eval`` reports them)."""
+    results = []
     ids = dataset.image_ids[:limit]
     for image_id in tqdm(ids, desc="ceiling", unit="image", disable=not progress):
         for inst in dataset.instances(image_id):
             gt = inst.mask()
-            ious[inst.size].append(mask_iou(ceiling_mask(gt), gt))
-    every = np.array([v for bucket in ious.values() for v in bucket])
+            results.append(InstanceResult(inst.ann_id, image_id, inst.size,
+                                          (mask_iou(ceiling_mask(gt), gt),), inst.category_id))
+    every = np.array([r.ious[0] for r in results])
     if not every.size:
         raise UserError("no usable instance in the annotations")
     out = {"images": len(ids), "instances": int(every.size),
            "mIoU": round(100 * float(every.mean()), 2),
            "median_IoU": round(100 * float(np.median(every)), 2),
            "share_under_0.8": round(100 * float((every < 0.8).mean()), 2)}
-    for bucket, values in ious.items():
+    for bucket in SIZE_BUCKETS:
+        values = [r.ious[0] for r in results if r.size == bucket]
         out[f"mIoU_{bucket}"] = round(100 * float(np.mean(values)), 2) if values else None
+    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.data["categories"]}
+    out["by_category"] = {name: {"count": row["count"], "mIoU": round(row["mIoU"], 2)}
+                          for name, row in miou_by_category(results, names).items()}
     return out
 
 
@@ -90,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_dataset(args.dataset, args.annotations, args.images)
     figures = run(dataset, args.limit)
     for key, value in figures.items():
-        print(f"{key:>16}: {value}")
+        if key == "by_category":
+            for name, row in value.items():
+                print(f"{'mIoU ' + name:>16}: {row['mIoU']} ({row['count']} instances)")
+        else:
+            print(f"{key:>16}: {value}")
     if args.output:
         write_json(args.output, {"annotations": args.annotations, **figures})
     return 0

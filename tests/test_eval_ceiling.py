@@ -53,7 +53,19 @@ def test_cli_on_a_made_set(tmp_path, capsys) -> None:
     assert report["images"] == 2 and report["instances"] == n
     assert 50.0 < report["mIoU"] < 100.0
     assert report["median_IoU"] >= report["mIoU"] - 25.0
-    assert "mIoU" in capsys.readouterr().out
+    # per category: every instance counted once, the overall mIoU their count-weighted mean
+    data = json.loads(ann.read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    counts = {}
+    for a in data["annotations"]:
+        counts[names[a["category_id"]]] = counts.get(names[a["category_id"]], 0) + 1
+    rows = report["by_category"]
+    assert {k: v["count"] for k, v in rows.items()} == counts
+    weighted = sum(v["count"] * v["mIoU"] for v in rows.values()) / n
+    assert weighted == pytest.approx(report["mIoU"], abs=0.02)
+    assert [v["mIoU"] for v in rows.values()] == sorted(v["mIoU"] for v in rows.values())
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and f"mIoU {next(iter(rows))}" in printed
 
 
 @pytest.mark.parametrize("argv, message", [
