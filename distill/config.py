@@ -1,10 +1,11 @@
 """Typed run configs for both phases, loaded from YAML recipes with ``--set`` overrides.
 
 A recipe is a YAML mapping of sections (``model``, ``teacher``, ``data``, ``train``, ``prompts``,
-``eval``, ``run``) onto the dataclasses below. Unknown keys, values of the wrong type, unknown
-recipes and malformed YAML raise :class:`ConfigError` (a :class:`~effvit_sam.errors.UserError`:
-a CLI exits with code 2 and one line) naming the key and the file or ``--set`` override it came
-from, so a typo never silently trains with a default.
+``eval``, ``run``) onto the dataclasses below, optionally with ``base: OTHER``: a recipe whose
+keys it inherits, section by section (:func:`read_recipe_with_base`). Unknown keys, values of
+the wrong type, unknown recipes and malformed YAML raise :class:`ConfigError` (a
+:class:`~effvit_sam.errors.UserError`: a CLI exits with code 2 and one line) naming the key and
+the file or ``--set`` override it came from, so a typo never silently trains with a default.
 """
 
 from __future__ import annotations
@@ -315,6 +316,40 @@ def read_recipe(path: Path) -> dict:
     return data
 
 
+def merge_recipes(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: sections merged key by key (the child's value wins), any other
+    top-level value replaced. Neither input is changed."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_recipe_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe with its ``base:`` chain resolved: ``base: NAME`` (a packaged recipe, or a path
+    relative to this file's folder) supplies every key this file does not set, section by
+    section, so a variant recipe holds only what it changes."""
+    path = path.resolve()
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise ConfigError(f"{path}: its base chain loops ({chain})")
+    data = read_recipe(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be a recipe name or path, got {base!r}")
+    local = path.parent / base
+    try:
+        base_path = local if local.is_file() else resolve_recipe(base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: base: {err}") from None
+    return merge_recipes(read_recipe_with_base(base_path, (*_seen, path)), data)
+
+
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
     """The validated :class:`Config` of a recipe (name or path) with ``--set`` overrides.
 
@@ -322,7 +357,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config
     ``--set`` (checked one at a time, in order), both for checks across fields.
     """
     path = resolve_recipe(name_or_path)
-    data = read_recipe(path)
+    data = read_recipe_with_base(path)
     try:
         build_dataclass(Config, data, "")
     except ConfigError as err:

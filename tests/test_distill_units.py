@@ -82,6 +82,41 @@ def test_config_round_trips_through_yaml(tmp_path) -> None:
     assert load_config(str(path)) == cfg
 
 
+def test_a_recipe_inherits_its_base_section_by_section(tmp_path) -> None:
+    base = load_config("smoke_phase2")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: smoke_phase2\ntrain:\n  lr: 1.0e-5\nrun:\n  out_dir: runs/child\n")
+    cfg = load_config(str(child))
+    assert cfg.train.lr == 1e-5 and cfg.run.out_dir == "runs/child"
+    # the keys the child does not set are the base's, in the sections it does set too
+    assert cfg.train.steps == base.train.steps and cfg.run.save_every == base.run.save_every
+    assert cfg.data == base.data and cfg.prompts == base.prompts
+    # a base beside the file, a chain of two, and --set over both
+    (tmp_path / "mid.yaml").write_text("base: child.yaml\ntrain:\n  steps: 7\n")
+    cfg = load_config(str(tmp_path / "mid.yaml"), ["train.lr=3e-5"])
+    assert (cfg.train.steps, cfg.train.lr, cfg.run.out_dir) == (7, 3e-5, "runs/child")
+
+
+def test_the_made_phase2_continuation_is_phase2_with_its_changes() -> None:
+    base, more = load_config("made_student_phase2"), load_config("made_student_phase2_more")
+    assert (more.train.steps, more.train.lr, more.train.seed) == (1200, 2e-4, 5)
+    assert more.prompts == base.prompts and more.train.mask_loss == base.train.mask_loss
+    assert more.model.init == "runs/made/student_p2_clicks/pretrained"
+    assert more.data.shards.endswith("shards_e/sa_{000000..000029}.tar")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: no_such_recipe\n", "base: --config no_such_recipe: no such file"),
+    ("base: [1]\n", "base must be a recipe name or path"),
+    ("base: loop.yaml\n", "its base chain loops \\(loop.yaml -> loop.yaml\\)"),
+])
+def test_bad_bases_name_the_file(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(str(path))
+
+
 def test_apply_overrides_does_not_mutate_input() -> None:
     data = {"train": {"lr": 1.0}}
     apply_overrides(data, ["train.lr=2.0"])
