@@ -37,11 +37,17 @@ class ModelConfig:
     """The student. ``init``: weights to start from (a ``save_pretrained`` dir, a weights or
     checkpoint file, or a registry name such as ``efficientvit-sam-l0``, resolved with
     :func:`effvit_sam.build.from_pretrained`); ``decoder_from``: copy only ``prompt_encoder.*``
-    and ``mask_decoder.*`` from this file or dir (SAM ViT-H's in the EfficientViT-SAM recipe)."""
+    and ``mask_decoder.*`` from this file or dir (SAM ViT-H's in the EfficientViT-SAM recipe);
+    ``input_size``: below."""
 
     name: str = "efficientvit-sam-tiny"
     init: str | None = None
     decoder_from: str | None = None
+    input_size: int | None = None
+    """The encoder's input side for this run, ``None`` for the variant's own: an EfficientViT
+    encoder takes any multiple of 32 with the same weights (its neck resizes every stage to
+    the embedding grid), so a model can be fine-tuned at a larger input than it was trained at;
+    its ``pretrained/config.json`` records the size."""
 
 
 @dataclass
@@ -187,7 +193,10 @@ class Config:
             resolve_name(self.model.name)
         except KeyError as err:
             raise ConfigError(f"model.name: {err.args[0]}") from None
+        size = self.model.input_size
         checks = [
+            (size is None or (size >= 64 and size % 32 == 0),
+             f"model.input_size must be a multiple of 32 of at least 64, got {size}"),
             (self.phase in (1, 2), f"phase must be 1 or 2, got {self.phase}"),
             (self.train.lr > 0, f"train.lr must be positive, got {self.train.lr}"),
             (self.train.embed_loss in EMBED_LOSSES,

@@ -12,11 +12,12 @@ shape) and refuses NaN/inf weights, so a run never starts from weights it did no
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from effvit_sam import build_sam
 from effvit_sam.checkpoint import WEIGHTS_NAME, CheckpointError, load_checkpoint, read_state_dict
-from effvit_sam.configs import resolve_name
+from effvit_sam.configs import get_config, resolve_name
 from effvit_sam.errors import UserError
 from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.weights import resolve_model
@@ -82,14 +83,18 @@ def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:
 
 
 def build_model(cfg: ModelConfig) -> EfficientViTSam:
-    """``build_sam(cfg.name)``, then ``cfg.init`` (all weights), then ``cfg.decoder_from``.
+    """``build_sam(cfg.name)`` (at ``cfg.input_size`` if given), then ``cfg.init`` (all
+    weights), then ``cfg.decoder_from``.
 
     Phase 1 trains only the image encoder; ``decoder_from`` (e.g. the teacher's weights) puts a
     prompt encoder and mask decoder next to it, so the run's ``pretrained/`` folder is a
     complete model that can be evaluated before phase 2. Random weights are drawn from the
     global torch RNG, which the engine seeds with ``train.seed`` first.
     """
-    model = build_sam(cfg.name)
+    spec = get_config(cfg.name)
+    if cfg.input_size is not None:
+        spec = replace(spec, encoder=replace(spec.encoder, input_size=cfg.input_size))
+    model = build_sam(spec)
     if cfg.init:
         load_init(model, cfg.init)
     if cfg.decoder_from:

@@ -71,3 +71,28 @@ def test_export_pretrained_writes_a_loadable_folder(tmp_path) -> None:
     loaded = from_pretrained(tmp_path / "out")
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_model_input_size_builds_the_variant_at_another_input(tmp_path) -> None:
+    from distill.config import ModelConfig
+    from distill.init import build_model
+    from effvit_sam import build_sam, from_pretrained
+    from effvit_sam.checkpoint import save_pretrained
+
+    trained = build_sam("efficientvit-sam-tiny").eval()
+    save_pretrained(trained, tmp_path / "small")
+    model = build_model(ModelConfig(name="efficientvit-sam-tiny", init=str(tmp_path / "small"),
+                                    input_size=384)).eval()
+    assert (model.encoder_size, trained.encoder_size) == (384, 256)
+    # the same weights, the same embedding grid at either input
+    state = trained.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert model.encode(torch.zeros(1, 3, 384, 384)).shape == \
+            trained.encode(torch.zeros(1, 3, 256, 256)).shape
+    save_pretrained(model, tmp_path / "large")
+    assert from_pretrained(tmp_path / "large").encoder_size == 384
+    cfg = load_config("made_teacher", ["model.input_size=512"])
+    assert cfg.model.input_size == 512
+    with pytest.raises(ValueError, match="model.input_size must be a multiple of 32"):
+        load_config("made_teacher", ["model.input_size=500"])
