@@ -4,7 +4,8 @@
 # at a restarted schedule (made_teacher, made_teacher_more), then the student
 # (efficientvit-sam-mini, 1/4.9 of the teacher encoder's MACs) distilled from it exactly as
 # from SAM ViT-H: cache-teacher, phase 1 (embeddings; 4,800 steps, then 2,400 more at a
-# restarted cosine), phase 2 with and without iterative correction clicks. Every model is scored
+# restarted cosine), phase 2 with and without iterative correction clicks (the clicks one
+# continued for 1,200 steps on 1,500 more images). Every model is scored
 # on a held-out made set (make-eval-set defaults, seed 7, which no training shard uses). Run
 # from a checkout's root:
 #   bash distill/made_model_run.sh                 # everything, or continue where it stopped
@@ -71,8 +72,9 @@ for stage in "${stages[@]}"; do
     [[ $run == 1 ]] || continue
     case $stage in
     data)  # training shards (seeds 0, 2 and 4: 4,500 images), a validation set for training's
-        # own checks (seed 11), held-out shards and eval set (seed 7, make-eval-set defaults)
-        for s in a:0:30 b:2:30 d:4:30; do
+        # own checks (seed 11), held-out shards and eval set (seed 7, make-eval-set defaults);
+        # shards_e (seed 5) only for the student's longer phase 2
+        for s in a:0:30 b:2:30 d:4:30 e:5:30; do
             IFS=: read -r name seed num <<< "$s"
             last=$(printf 'sa_%06d.tar' $((num - 1)))
             [[ -f $R/shards_$name/$last ]] || $PY -m effvit_sam make-shards --out $R/shards_$name \
@@ -112,15 +114,18 @@ for stage in "${stages[@]}"; do
         $PY -m distill embed-mse "${MSE[@]}" --student $R/student_p1_more/pretrained \
             --output $R/eval/embed_mse_after_more.json
         score efficientvit-sam-mini student_p1_more ;;
-    phase2)  # without correction clicks (200 steps, one process), then with them (the bundled
-        # student: 600 steps on NPROC ranks)
+    phase2)  # without correction clicks (200 steps, one process), then with them (600 steps on
+        # NPROC ranks), then 1,200 steps more with them on shards a, b, d and e (the bundled
+        # student)
         train finetune made_student_phase2_noclicks
         train "$NPROC" finetune made_student_phase2
+        train "$NPROC" finetune made_student_phase2_more
         score efficientvit-sam-mini student_p2_noclicks feed
-        score efficientvit-sam-mini student_p2_clicks feed ;;
-    bundle)  # the final student (phase 2 with clicks) becomes the package's bundled model
+        score efficientvit-sam-mini student_p2_clicks feed
+        score efficientvit-sam-mini student_p2_long feed ;;
+    bundle)  # the final student (phase 2 with clicks, continued) becomes the bundled model
         mkdir -p effvit_sam/bundled/efficientvit-sam-mini
-        cp $R/student_p2_clicks/pretrained/{config.json,model.safetensors} \
+        cp $R/student_p2_long/pretrained/{config.json,model.safetensors} \
             effvit_sam/bundled/efficientvit-sam-mini/
         $PY -c "import effvit_sam; effvit_sam.from_pretrained('efficientvit-sam-mini')"
         echo "bundled: $(du -h effvit_sam/bundled/efficientvit-sam-mini/model.safetensors)" ;;
