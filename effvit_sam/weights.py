@@ -6,7 +6,8 @@
 1. ``checkpoint``: a weights file (``.pt``/``.pth``/``.safetensors``, loaded strictly) or a
    ``save_pretrained`` folder (``config.json`` + ``model.safetensors``; its config decides the
    model, and a different ``name`` is an error). Without ``name``, a file's variant is
-   recognised from its keys and shapes.
+   recognised from its keys and shapes; the ``model.safetensors`` of a folder whose config is
+   that variant's with other settings (``model.input_size``) is built with the folder's config.
 2. ``random_weights``: random initialisation seeded with ``seed``; only when asked.
 3. The official file of an official variant in the local Hugging Face cache (looked up on disk,
    never downloaded), then - only with ``allow_download`` (the demo without ``--offline``) -
@@ -178,9 +179,25 @@ def _from_checkpoint(name: str | None, checkpoint: Path) -> tuple[EfficientViTSa
         if name is None:
             raise CheckpointError(f"checkpoint {checkpoint} matches no registered model; pass "
                                   f"--model (one of {', '.join(MODEL_CONFIGS)})")
-    model = build_sam(name, checkpoint=checkpoint)
+    folder_cfg = _folder_config(checkpoint, name)
+    model = build_sam(folder_cfg or name, checkpoint=checkpoint)
+    note = f", its folder's {CONFIG_NAME}" if folder_cfg else ""
     return model, WeightsInfo("checkpoint", checkpoint, checkpoint, name,
-                              f"weights: {checkpoint} (checkpoint, {name})")
+                              f"weights: {checkpoint} (checkpoint, {name}{note})")
+
+
+def _folder_config(checkpoint: Path, name: str):
+    """The config of the ``save_pretrained`` folder a ``model.safetensors`` file lies in, when
+    it is ``name``'s but not the registry's (a run with ``model.input_size``): the weights are
+    that model's, and building the registry's would silently change its input size."""
+    config = checkpoint.parent / CONFIG_NAME
+    if checkpoint.name != WEIGHTS_NAME or not config.is_file():
+        return None
+    try:
+        cfg = read_pretrained_config(checkpoint.parent)
+    except CheckpointError:
+        return None  # a stray or foreign config.json: the file is loaded as any weights file
+    return cfg if cfg.name == name and cfg != MODEL_CONFIGS[name] else None
 
 
 def _random(name: str, seed: int, why: str) -> tuple[EfficientViTSam, WeightsInfo]:

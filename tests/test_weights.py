@@ -273,3 +273,19 @@ def test_info_to_dict_is_json(tmp_path, trained):
     assert json.loads(json.dumps(record)) == {
         "kind": "checkpoint", "path": str(path), "file": str(path), "model": TINY,
         "description": f"weights: {path} (checkpoint, {TINY})", "seed": None}
+
+
+def test_weights_file_of_a_folder_keeps_the_folders_input_size(tmp_path, trained):
+    cfg = trained.config
+    wide = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, input_size=384))
+    model = build_sam(wide)
+    model.load_state_dict(trained.state_dict())
+    folder = save_pretrained(model, tmp_path / "run")
+    loaded, info = resolve_model(TINY, checkpoint=folder / "model.safetensors")
+    assert loaded.encoder_size == 384 and _same(loaded, trained)
+    assert info.description.endswith(f"(checkpoint, {TINY}, its folder's config.json)")
+    # a folder of the registry's own config: the file is loaded as any weights file
+    plain = save_pretrained(trained, tmp_path / "plain")
+    loaded, info = resolve_model(TINY, checkpoint=plain / "model.safetensors")
+    assert loaded.encoder_size == trained.encoder_size
+    assert info.description == f"weights: {plain / 'model.safetensors'} (checkpoint, {TINY})"
