@@ -37,17 +37,15 @@ class ModelConfig:
     """The student. ``init``: weights to start from (a ``save_pretrained`` dir, a weights or
     checkpoint file, or a registry name such as ``efficientvit-sam-l0``, resolved with
     :func:`effvit_sam.build.from_pretrained`); ``decoder_from``: copy only ``prompt_encoder.*``
-    and ``mask_decoder.*`` from this file or dir (SAM ViT-H's in the EfficientViT-SAM recipe);
-    ``input_size``: below."""
+    and ``mask_decoder.*`` from this file or dir (SAM ViT-H's in the EfficientViT-SAM recipe)."""
 
     name: str = "efficientvit-sam-tiny"
     init: str | None = None
     decoder_from: str | None = None
     input_size: int | None = None
-    """The encoder's input side for this run, ``None`` for the variant's own: an EfficientViT
-    encoder takes any multiple of 32 with the same weights (its neck resizes every stage to
-    the embedding grid), so a model can be fine-tuned at a larger input than it was trained at;
-    its ``pretrained/config.json`` records the size."""
+    """The encoder's input side for this run (``None``: the variant's own). An EfficientViT encoder
+    takes any multiple of 32 with the same weights (its neck resizes every stage to the embedding
+    grid); the run's ``pretrained/config.json`` records the size."""
 
 
 @dataclass
@@ -284,9 +282,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _copy_sections(data: dict) -> dict:
+    """A recipe mapping with each section copied, so changing a key leaves ``data`` as it was."""
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set each ``section.key=value`` in a nested dict (copied); unknown keys fail later."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data = _copy_sections(data)
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -328,7 +331,7 @@ def read_recipe(path: Path) -> dict:
 def merge_recipes(base: dict, child: dict) -> dict:
     """``child`` over ``base``: sections merged key by key (the child's value wins), any other
     top-level value replaced. Neither input is changed."""
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    merged = _copy_sections(base)
     for key, value in child.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}

@@ -41,7 +41,7 @@ from .checkpoint import (
     read_pretrained_config,
     read_state_dict,
 )
-from .configs import HUB_REPO_ID, MODEL_CONFIGS, resolve_name
+from .configs import HUB_REPO_ID, MODEL_CONFIGS, SamConfig, resolve_name
 from .errors import UserError
 from .modeling import EfficientViTSam
 
@@ -186,7 +186,7 @@ def _from_checkpoint(name: str | None, checkpoint: Path) -> tuple[EfficientViTSa
                               f"weights: {checkpoint} (checkpoint, {name}{note})")
 
 
-def _folder_config(checkpoint: Path, name: str):
+def _folder_config(checkpoint: Path, name: str) -> SamConfig | None:
     """The config of the ``save_pretrained`` folder a ``model.safetensors`` file lies in, when
     it is ``name``'s but not the registry's (a run with ``model.input_size``): the weights are
     that model's, and building the registry's would silently change its input size."""

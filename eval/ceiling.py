@@ -30,8 +30,8 @@ from effvit_sam import geometry
 from effvit_sam.errors import UserError, run_command
 from effvit_sam.io import write_json
 
-from .datasets import DATASET_KINDS, SIZE_BUCKETS, EvalDataset, open_dataset
-from .metrics import InstanceResult, mask_iou, miou_by_category
+from .datasets import DATASET_KINDS, EvalDataset, open_dataset
+from .metrics import InstanceResult, mask_iou, miou_by_category, miou_table
 
 LOW_RES = 256
 """Side of SAM's low-res mask logits (the decoder's output grid over the prompt frame)."""
@@ -65,16 +65,15 @@ def run(dataset: EvalDataset, limit: int | None = None, progress: bool = True) -
     every = np.array([r.ious[0] for r in results])
     if not every.size:
         raise UserError("no usable instance in the annotations")
+    table = miou_table(results)  # mIoU, mIoU_small, ... (None for an empty bucket)
     out = {"images": len(ids), "instances": int(every.size),
-           "mIoU": round(100 * float(every.mean()), 2),
+           "mIoU": round(table.pop("mIoU"), 2),
            "median_IoU": round(100 * float(np.median(every)), 2),
            "share_under_0.8": round(100 * float((every < 0.8).mean()), 2)}
-    for bucket in SIZE_BUCKETS:
-        values = [r.ious[0] for r in results if r.size == bucket]
-        out[f"mIoU_{bucket}"] = round(100 * float(np.mean(values)), 2) if values else None
-    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.data["categories"]}
-    out["by_category"] = {name: {"count": row["count"], "mIoU": round(row["mIoU"], 2)}
-                          for name, row in miou_by_category(results, names).items()}
+    out |= {key: None if value is None else round(value, 2) for key, value in table.items()}
+    out["by_category"] = {
+        name: {"count": row["count"], "mIoU": round(row["mIoU"], 2)}
+        for name, row in miou_by_category(results, dataset.category_names()).items()}
     return out
 
 

@@ -211,6 +211,11 @@ class EvalDataset:
         """All image ids, sorted (the order every process slices the same way)."""
         return sorted(self.images)
 
+    def category_names(self) -> dict[int, str]:
+        """Category id to its ``name`` (the id as text where a category has none), as the
+        per-category reports key them."""
+        return {c["id"]: str(c.get("name", c["id"])) for c in self.data["categories"]}
+
     def image_path(self, image_id: int) -> Path:
         info = self.images[image_id]
         if "file_name" in info:

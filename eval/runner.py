@@ -255,8 +255,8 @@ def summarize(task: EvalTask, dataset: EvalDataset, records: list[ImageRecord], 
     rounds = None if task.mode == "box" else sorted(
         {c for c in REPORTED_CLICKS if c <= task.num_clicks} | {task.num_clicks})
     summary["metrics"] = miou_table(instances, rounds=rounds)
-    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.data["categories"]}
-    summary["by_category"] = miou_by_category(instances, names, rounds=rounds)
+    summary["by_category"] = miou_by_category(instances, dataset.category_names(),
+                                              rounds=rounds)
     return summary
 
 
