@@ -7,7 +7,7 @@ import pytest
 import torch
 from segment_anything.modeling.transformer import Attention
 
-from effvit_sam.inference import cpu_features, decoder, decoder_attention
+from effvit_sam.inference import cpu_features, decoder_attention, decoder_upscale
 from effvit_sam.inference.cpu_features import last_level_cache_bytes
 from effvit_sam.inference.decoder import FastMaskDecoder
 
@@ -75,8 +75,8 @@ def test_last_level_cache_from_sysfs(tmp_path):
 @pytest.mark.parametrize("llc, want", [(None, 4 << 20), (2 << 20, 4 << 20),
                                        (32 << 20, 8 << 20), (480 << 20, 64 << 20)])
 def test_upscale_band_is_a_quarter_of_the_cache_within_bounds(monkeypatch, llc, want):
-    monkeypatch.setattr(decoder, "last_level_cache_bytes", lambda: llc)
-    assert decoder.cpu_upscale_band_bytes.__wrapped__() == want
+    monkeypatch.setattr(decoder_upscale, "last_level_cache_bytes", lambda: llc)
+    assert decoder_upscale.cpu_upscale_band_bytes.__wrapped__() == want
 
 
 def test_upscaling_does_not_depend_on_the_band_size(monkeypatch):
@@ -86,7 +86,7 @@ def test_upscaling_does_not_depend_on_the_band_size(monkeypatch):
     x, hyper = torch.randn(2, 64 * 64, 32, generator=gen), torch.randn(2, 3, 4, generator=gen)
     outs = []
     for budget in (1, 1 << 40):  # one grid row per band, and the whole grid in one band
-        monkeypatch.setattr(decoder, "cpu_upscale_band_bytes", lambda b=budget: b)
+        monkeypatch.setattr(decoder_upscale, "cpu_upscale_band_bytes", lambda b=budget: b)
         with torch.inference_mode():
             outs.append(fast._upscale_masks(x, hyper, (64, 64)))
     assert outs[0].shape == (2, 3, 256, 256) and outs[0].abs().max() > 0.1

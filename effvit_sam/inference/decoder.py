@@ -25,10 +25,14 @@ function (low-res logits within 1e-3 in float32, ``tests/test_fast_decoder.py``)
     tokens become one ``L x HN`` by ``HN x C`` product, accumulated onto ``X`` (``baddbmm``).
 * **The final token->image attention for the tokens read after it only**: the IoU token and
   the returned mask tokens (2 of 7 query tokens for a box's single mask, 4 of 7 multimask).
-* **Upscaling as GEMMs on the token-major layout**: each 2x2 stride-2 transposed convolution is
-  one matrix product per pixel; ``LayerNorm2d`` is one ``F.layer_norm``; only the masks that
-  are returned (3 of 4 with ``multimask_output``, else 1) are multiplied with the
-  hypernetwork weights; the pixel shuffle is one permute of the final logits.
+* **Upscaling as GEMMs on the token-major layout** (:mod:`.decoder_upscale`): each 2x2 stride-2
+  transposed convolution is one matrix product per pixel; ``LayerNorm2d`` is one
+  ``F.layer_norm``; only the masks that are returned (3 of 4 with ``multimask_output``, else 1)
+  are multiplied with the hypernetwork weights; the pixel shuffle is one permute of the final
+  logits. When every prompt starts from the same image tokens (no mask inputs), the final tokens
+  are also kept as a shared part plus per-prompt low-rank factors (each layer adds ``A^T M``
+  and a LayerNorm is a per-token scale and shift), and the first transposed convolution is
+  computed from those: a 116-deep product per prompt instead of a 256-deep one.
 * **Only the masks that will be kept** (:meth:`FastMaskDecoder.forward_kept`, what the mask
   generator calls when its ``pred_iou_thresh`` is above 0): the predicted IoUs come from the
   output tokens before any upscaling, so a prompt none of whose masks passes the threshold is
@@ -46,34 +50,15 @@ their weights at every call. ``forward`` is differentiable when a gradient is wa
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import nn
 
-from .cpu_features import last_level_cache_bytes
 from .decoder_attention import i2t_update, project, t2i_low_rank, t2i_shared_keys
-
-UPSCALE_BAND_BYTES = 4 << 20
-"""Temporaries of one band of the mask upscaling where the CPU's cache size is unknown (and on
-GPUs): a few MB, which stay in any CPU's cache."""
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_upscale_band_bytes() -> int:
-    """Temporaries of one band of the CPU mask upscaling: a quarter of the last-level cache,
-    between 4 and 64 MB (:data:`UPSCALE_BAND_BYTES` where the kernel does not say).
-
-    Every band costs a dozen small kernel launches, so larger bands are faster while their
-    temporaries stay in cache: on the 2-core AMX Xeon (480 MB L3 in sysfs) whole-prompt bands
-    (12.5 MB at 256 channels) upscaled 32 prompts in 166 ms against 212 ms with 4 MB bands,
-    and the gain stopped at 2 prompts per band (README, issue #18)."""
-    llc = last_level_cache_bytes()
-    return UPSCALE_BAND_BYTES if llc is None else min(64 << 20, max(4 << 20, llc // 4))
+from .decoder_upscale import TokenFactors, upscale_masks
 
 DEFAULT_CHUNK = 32
 """Prompts decoded together: large enough for big GEMMs, small enough that the temporaries
@@ -144,10 +129,12 @@ class FastMaskDecoder(nn.Module):
         out = torch.promote_types(image_embeddings.dtype, torch.float32)  # float32 from bf16
         with self._autocast(image_embeddings.device), \
                 contextlib.nullcontext() if grad else torch.no_grad():
-            for _, x, hyper, iou in self._chunks(image_embeddings, image_pe, sparse, dense,
-                                                 multimask_output):
-                masks.append(self._upscale_masks(x, hyper, (h, w)).to(out))
+            for _, x, hyper, iou, factors in self._chunks(image_embeddings, image_pe, sparse,
+                                                          dense, multimask_output,
+                                                          factored=not grad):
+                masks.append(self._upscale_masks(x, hyper, (h, w), factors).to(out))
                 ious.append(iou.to(out))
+                del x, factors  # this chunk's tokens and factors, before the next is decoded
         return torch.cat(masks), torch.cat(ious)
 
     def _autocast(self, device: torch.device):
@@ -189,31 +176,35 @@ class FastMaskDecoder(nn.Module):
         h, w = image_embeddings.shape[-2:]  # checked by _chunks
         masks, ious, index = [], [], []
         with self._autocast(image_embeddings.device):
-            for start, x, hyper, iou in self._chunks(image_embeddings, image_pe,
-                                                     sparse_prompt_embeddings,
-                                                     dense_prompt_embeddings, multimask_output):
+            for start, x, hyper, iou, factors in self._chunks(
+                    image_embeddings, image_pe, sparse_prompt_embeddings,
+                    dense_prompt_embeddings, multimask_output, factored=True):
                 iou = iou.float()
                 keep = iou > iou_threshold
                 rows = keep.any(1).nonzero()[:, 0]
-                if not len(rows):
-                    continue
-                up = self._upscale_masks(x[rows], hyper[rows], (h, w)).float()
-                kept = keep[rows]
-                m = iou.shape[1]
-                masks.append(up[kept])
-                ious.append(iou[rows][kept])
-                flat = (rows[:, None] + start) * m + torch.arange(m, device=rows.device)
-                index.append(flat[kept])
+                if len(rows):
+                    up = self._upscale_masks(x[rows], hyper[rows], (h, w),
+                                             None if factors is None else factors.select(rows))
+                    kept = keep[rows]
+                    m = iou.shape[1]
+                    masks.append(up.float()[kept])
+                    ious.append(iou[rows][kept])
+                    flat = (rows[:, None] + start) * m + torch.arange(m, device=rows.device)
+                    index.append(flat[kept])
+                del x, factors  # this chunk's tokens and factors, before the next is decoded
         if not masks:
             empty = image_embeddings.new_zeros((0, 4 * h, 4 * w))
             return empty, image_embeddings.new_zeros(0), torch.zeros(0, dtype=torch.long)
         return torch.cat(masks), torch.cat(ious), torch.cat(index)
 
     def _chunks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                sparse: torch.Tensor, dense: torch.Tensor, multimask_output: bool):
+                sparse: torch.Tensor, dense: torch.Tensor, multimask_output: bool, *,
+                factored: bool = False):
         """The inputs checked, then per chunk of prompts: ``(first prompt, image tokens B x L x C,
-        mask weights B x M x C/8, iou_pred B x M)``, the transformer's outputs before the
-        upscaling."""
+        mask weights B x M x C/8, iou_pred B x M, factors)``, the transformer's outputs before
+        the upscaling. ``factors``: the final image tokens as :class:`TokenFactors` when
+        ``factored`` is asked, every prompt starts from the same tokens and the products are in
+        float32 (no autocast); else None."""
         self._check(image_embeddings, image_pe, sparse, dense)
         pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # 1 x L x C, L = h * w
         image = image_embeddings.flatten(2).transpose(1, 2)
@@ -224,10 +215,16 @@ class FastMaskDecoder(nn.Module):
         if shared:
             x0 = (image + dense[:1].flatten(2).transpose(1, 2)).contiguous()
             first = self._first_layer_shared(x0, pe)
+        factored = factored and shared and self.autocast_dtype is None
+        per_call = {"x0": first["x"]} if factored else None
         for start in range(0, sparse.shape[0], self.chunk_size):
             part = slice(start, start + self.chunk_size)
             x0 = None if shared else (image + dense[part].flatten(2).transpose(1, 2)).contiguous()
-            yield (start, *self._decode(sparse[part], x0, pe, first, masks_idx))
+            factors = None
+            if factored:
+                factors = TokenFactors(len(sparse[part]), pe.shape[1], pe, per_call)
+            yield (start, *self._decode(sparse[part], x0, pe, first, masks_idx, factors),
+                   factors)
 
     # -- the two-way transformer ----------------------------------------------------------------
 
@@ -241,6 +238,7 @@ class FastMaskDecoder(nn.Module):
 
     def _decode(self, sparse: torch.Tensor, x0: torch.Tensor | None, pe: torch.Tensor,
                 first: dict[str, torch.Tensor] | None, masks_idx: slice,
+                factors: TokenFactors | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b = sparse.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -268,12 +266,18 @@ class FastMaskDecoder(nn.Module):
             q = queries + point_pe
             if use_shared:
                 x = i2t_update(layer.cross_attn_image_to_token, first["x"], None, q, queries,
-                                shared_q=first["i2t_q"])
+                                shared_q=first["i2t_q"], factors=factors)
             else:
                 # x is the previous layer's norm output, or the caller's when mask inputs differ.
                 x = i2t_update(layer.cross_attn_image_to_token, x, xp, q, queries,
-                                owns_x=i > 0)
-            x = layer.norm4(x)
+                                owns_x=i > 0, factors=factors)
+            if factors is None:
+                x = layer.norm4(x)
+            else:  # the norm's per-token statistics are part of the factors
+                norm = layer.norm4
+                x, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight,
+                                                        norm.bias, norm.eps)
+                factors.normalize(mean, rstd, norm)
         t = self.transformer
         # Only the IoU token and the returned mask tokens are read after the final attention
         # (its query rows are independent): 2 of 7 tokens for one box's single mask.
@@ -285,44 +289,14 @@ class FastMaskDecoder(nn.Module):
         hyper = torch.stack([self.output_hypernetworks_mlps[j](kept[:, 1 + k])
                              for k, j in enumerate(chosen)], dim=1)
         iou = self.iou_prediction_head(kept[:, 0])[:, masks_idx]
+        if factors is not None:
+            factors.finalize()
         return x, hyper, iou
 
     # -- mask upscaling -------------------------------------------------------------------------
 
-    def _upscale_masks(self, x: torch.Tensor, hyper: torch.Tensor,
-                       hw: tuple[int, int]) -> torch.Tensor:
-        """``B x L x C`` image tokens (row-major ``h x w`` grid) and ``B x M x C/8`` mask weights
-        to ``B x M x 4h x 4w`` logits: SAM's ``output_upscaling`` then ``hyper @ upscaled``.
-
-        Every token's 16 output pixels depend on that token alone, so the work goes one prompt
-        and a band of grid rows at a time (:func:`cpu_upscale_band_bytes` of temporaries): the
-        upscaled channels are consumed from cache instead of being written out for the whole
-        chunk and read back (the same products, about twice as fast on a 2-core CPU).
-        """
-        conv1, norm, act1, conv2, act2 = self.output_upscaling
-        b, length, c = x.shape
-        h, w = hw
-        m = hyper.shape[1]
-        c1, c2 = conv1.out_channels, conv2.out_channels
-        # ConvTranspose2d(k=2, s=2): out[o, 2y+i, 2x+j] = sum_c in[c, y, x] W[c, o, i, j] + b[o];
-        # columns ordered (i, j, o) so each output pixel's channels are contiguous.
-        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
-        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
-        per_row = w * (4 * c1 + 16 * c2) * x.element_size()  # temporaries per grid row
-        budget = cpu_upscale_band_bytes() if x.device.type == "cpu" else UPSCALE_BAND_BYTES
-        bands = -(-h // max(1, min(h, budget // per_row)))
-        band = -(-h // bands)  # equal bands: no one-row tail
-        out = x.new_empty((b, m, 4 * h, 4 * w))
-        for i in range(b):
-            for r0 in range(0, h, band):
-                rows = min(band, h - r0)
-                tokens = x[i, r0 * w: (r0 + rows) * w]
-                y = torch.addmm(b1, tokens, w1)
-                y = act1(F.layer_norm(y.view(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
-                y = act2(torch.addmm(b2, y, w2))  # rows (y, x, i, j), cols (i2, j2, o)
-                logits = torch.mm(hyper[i], y.view(rows * w * 16, c2).t())
-                # pixel (y, x, i, j, i2, j2) -> row 4y + 2i + i2, column 4x + 2j + j2
-                logits = logits.view(m, rows, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
-                out[i, :, 4 * r0: 4 * (r0 + rows)] = logits.reshape(m, 4 * rows, 4 * w)
-        return out
+    def _upscale_masks(self, x: torch.Tensor, hyper: torch.Tensor, hw: tuple[int, int],
+                       factors: TokenFactors | None = None) -> torch.Tensor:
+        """``B x L x C`` image tokens and ``B x M x C/8`` mask weights to ``B x M x 4h x 4w``
+        logits (:func:`~.decoder_upscale.upscale_masks`; from ``factors`` where given)."""
+        return upscale_masks(self.output_upscaling, x, hyper, hw, factors=factors)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from segment_anything.modeling.transformer import Attention
 from torch import nn
 
+from .decoder_upscale import TokenFactors
+
 _BMM_ATTENTION_MIN_QUERIES = 32
 """Query rows from which the CPU token->image attention runs as batched GEMMs (below it the
 fused kernel measured the same)."""
@@ -75,11 +77,12 @@ def t2i_low_rank(attn: Attention, q_in: torch.Tensor, x: torch.Tensor,
 
 def i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in: torch.Tensor,
                v_in: torch.Tensor, *, shared_q: torch.Tensor | None = None,
-               owns_x: bool = False) -> torch.Tensor:
+               owns_x: bool = False, factors: TokenFactors | None = None) -> torch.Tensor:
     """``x + image->token attention`` (before the layer's norm): ``B x L x C`` (or ``1 x L x C``
     shared) image tokens attend to ``B x N x C`` tokens. ``shared_q``: the ``L x Ci`` projected
     queries when ``x`` is shared by every prompt, else they come from ``xp`` in low rank.
-    ``owns_x``: ``x`` is a temporary of this decoder that may be overwritten."""
+    ``owns_x``: ``x`` is a temporary of this decoder that may be overwritten. ``factors``: the
+    update ``A^T M`` is also added to them."""
     b, n, c = v_in.shape
     heads, d = _heads(attn)
     k = project(attn.k_proj, k_in).view(b, n, heads, d) * d ** -0.5
@@ -102,6 +105,8 @@ def i2t_update(attn: Attention, x: torch.Tensor, xp: torch.Tensor | None, k_in: 
         scores = torch.baddbmm(bias.reshape(b, heads * n, 1), g, xp.transpose(1, 2))
         length = scores.shape[2]
         a = scores.view(b, heads, n, length).softmax(2).view(b, heads * n, length)
+    if factors is not None:
+        factors.add(a, m)
     autocast = torch.is_autocast_enabled(x.device.type)
     if x.shape[0] == b and owns_x and not autocast and not torch.is_grad_enabled():
         # the old image tokens are not needed again: update in place (not under autocast, whose
