@@ -11,15 +11,15 @@ the file or ``--set`` override it came from, so a typo never silently trains wit
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .config_types import ConfigError, build_dataclass
 from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT
+from .recipes import CONFIG_DIR as CONFIG_DIR  # recipe reading is in .recipes; re-exported
+from .recipes import apply_overrides, read_recipe_with_base, resolve_recipe
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBED_LOSSES = ("mse", "l1", "huber", "cosine")
 MASK_LOSSES = ("focal", "bce")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -28,6 +28,7 @@ MODEL_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 """The parts of a model that ``train.freeze`` and ``train.part_lr`` name."""
 BEST_METRICS = ("box", "click", "mean")
 EVAL_DATASETS = ("coco", "lvis")
+CORRECTION_CLICKS = ("uniform", "farthest")
 
 
 
@@ -137,6 +138,10 @@ class PromptConfig:
     """The chance that a correction round gets the previous logits as ``mask_input`` (SAM's
     rule: always); else the round decodes the clicks alone, as ``effvit-sam eval point`` does
     by default."""
+    correction_click: str = "uniform"
+    """Where a correction round clicks: ``uniform`` (SAM's training: a random pixel of the error
+    region, often near its boundary) or ``farthest`` (the evaluator's and a user's: the innermost
+    point of the larger error region, RITM's clicker)."""
 
 
 @dataclass
@@ -217,6 +222,8 @@ class Config:
             (self.prompts.iterative_rounds >= 0, "prompts.iterative_rounds must be >= 0"),
             (0 <= self.prompts.negative_prob <= 1, "prompts.negative_prob must be in [0, 1]"),
             (0 <= self.prompts.feed_prob <= 1, "prompts.feed_prob must be in [0, 1]"),
+            (self.prompts.correction_click in CORRECTION_CLICKS,
+             f"prompts.correction_click must be one of {CORRECTION_CLICKS}"),
             (self.run.save_every > 0 and self.run.log_every > 0,
              "run.save_every and run.log_every must be positive"),
         ]
@@ -258,108 +265,6 @@ class Config:
 
 def config_from_dict(data: dict) -> Config:
     return build_dataclass(Config, data, "").validate()
-
-
-def _yaml_error(err: yaml.YAMLError) -> str:
-    """``line L, column C: problem`` of a YAML error (1-based, as editors count)."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err)
-    if mark is None:
-        return problem
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=1e-4"`` to ``(["train", "lr"], 1e-4)``; the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML "
-                          f"({_yaml_error(err)})") from None
-    return key.strip().split("."), value
-
-
-def _copy_sections(data: dict) -> dict:
-    """A recipe mapping with each section copied, so changing a key leaves ``data`` as it was."""
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set each ``section.key=value`` in a nested dict (copied); unknown keys fail later."""
-    data = _copy_sections(data)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {part} is not a section")
-        node[path[-1]] = value
-    return data
-
-
-def resolve_recipe(name_or_path: str) -> Path:
-    """A YAML path, or a recipe name from ``distill/configs`` (``"smoke_phase1"``)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    packaged = CONFIG_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
-    if packaged.is_file():
-        return packaged
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"--config {name_or_path}: no such file and no packaged recipe of that "
-                      f"name; packaged recipes: {', '.join(names)}")
-
-
-def read_recipe(path: Path) -> dict:
-    """The mapping in a recipe file; malformed YAML names the file, line and column."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML at {_yaml_error(err)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got "
-                          f"{type(data).__name__}")
-    return data
-
-
-def merge_recipes(base: dict, child: dict) -> dict:
-    """``child`` over ``base``: sections merged key by key (the child's value wins), any other
-    top-level value replaced. Neither input is changed."""
-    merged = _copy_sections(base)
-    for key, value in child.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
-
-
-def read_recipe_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """A recipe with its ``base:`` chain resolved: ``base: NAME`` (a packaged recipe, or a path
-    relative to this file's folder) supplies every key this file does not set, section by
-    section, so a variant recipe holds only what it changes."""
-    path = path.resolve()
-    if path in _seen:
-        chain = " -> ".join(p.name for p in (*_seen, path))
-        raise ConfigError(f"{path}: its base chain loops ({chain})")
-    data = read_recipe(path)
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base must be a recipe name or path, got {base!r}")
-    local = path.parent / base
-    try:
-        base_path = local if local.is_file() else resolve_recipe(base)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: base: {err}") from None
-    return merge_recipes(read_recipe_with_base(base_path, (*_seen, path)), data)
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:

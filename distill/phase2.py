@@ -6,7 +6,8 @@ single click is ambiguous, so it gets the three multimask outputs and only the b
 boxes and several clicks get the single-mask output (with ``prompts.multimask_all`` every
 prompt gets the three outputs, as the zero-shot evaluator decodes them). Then
 ``iterative_rounds`` correction rounds: a click from the error region of the previous
-prediction is added and that prediction's low-res logits are fed back as ``mask_input``.
+prediction is added (``prompts.correction_click``: a random error pixel, or the evaluator's
+innermost one) and that prediction's low-res logits are fed back as ``mask_input``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from .config import Config, PromptConfig
 from .engine import Task
 from .init import build_model
 from .losses import DICE_WEIGHT, FOCAL_WEIGHT, IOU_WEIGHT, sam_mask_loss
-from .prompts import correction_clicks, jitter_boxes, near_negatives, sample_points
+from .prompts import (
+    correction_clicks,
+    farthest_correction_clicks,
+    jitter_boxes,
+    near_negatives,
+    sample_points,
+)
 
 
 class FinetuneStep(nn.Module):
@@ -82,7 +89,10 @@ class FinetuneStep(nn.Module):
         rounds = [loss]
         previous = logits[torch.arange(len(best)), best].detach()
         for _ in range(self.prompts.iterative_rounds):
-            click, label = correction_clicks(previous, masks, generator)
+            if self.prompts.correction_click == "farthest":
+                click, label = farthest_correction_clicks(previous, masks)
+            else:
+                click, label = correction_clicks(previous, masks, generator)
             points = (click, label) if points is None else (
                 torch.cat([points[0], click], 1), torch.cat([points[1], label], 1))
             feed = self.prompts.feed_prob >= 1 or float(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from effvit_sam.geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
+from eval.clicks import farthest_from_boundary, next_click
 
 LOW_RES_STRIDE = PROMPT_FRAME // LOW_RES_MASK_SIZE
 
@@ -107,3 +108,33 @@ def correction_clicks(pred_logits: torch.Tensor, masks: torch.Tensor,
     flat = sample_in_regions(region, 1, generator)
     labels = truth.flatten(1).gather(1, flat).long()
     return pixels_to_points(flat, masks.shape[-1]), labels
+
+
+def farthest_correction_clicks(pred_logits: torch.Tensor, masks: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One corrective click per prompt by the evaluator's rule (RITM's clicker,
+    :func:`eval.clicks.next_click`) in the low-res frame: at the point of the larger error region
+    farthest from its boundary, positive for missed pixels, negative for wrongly covered ones.
+    Where the prediction is exact the click confirms at the mask's innermost pixel (label 1);
+    an empty mask gets its centre pixel, label 0. Deterministic: no generator.
+
+    ``pred_logits``, ``masks``: ``K x 256 x 256``. Returns ``(coords K x 1 x 2, labels K x 1)``.
+    """
+    pred = (pred_logits > 0).cpu().numpy()
+    truth = masks.bool().cpu().numpy()
+    height, width = truth.shape[-2:]
+    flat, labels = [], []
+    for gt, guess in zip(truth, pred, strict=True):
+        click = next_click(gt, guess)
+        if click is not None:
+            x, y, positive = click.x, click.y, click.positive
+        elif gt.any():
+            (x, y, _), positive = farthest_from_boundary(gt), True
+        else:
+            x, y, positive = width // 2, height // 2, False
+        flat.append(y * width + x)
+        labels.append(int(positive))
+    device = masks.device
+    coords = pixels_to_points(torch.tensor(flat, device=device)[:, None], width)
+    return coords, torch.tensor(labels, dtype=torch.int64, device=device)[:, None]
+
