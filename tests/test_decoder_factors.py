@@ -34,7 +34,10 @@ def _decoded(dim, depth, heads, kind, multimask, k=5, seed=0):
 @pytest.mark.parametrize("dim, depth, heads", [(32, 1, 2), (32, 3, 4), (256, 2, 8)])
 def test_factors_rebuild_the_final_image_tokens(dim, depth, heads):
     _, x, _, factors = _decoded(dim, depth, heads, "points+box", True)
-    assert factors is not None and factors.s.shape == x.shape[:2]
+    assert factors is not None and not factors.finalized  # nothing spent before it is used
+    with torch.inference_mode():
+        factors.finalize()
+    assert factors.s.shape == x.shape[:2]
     # one attention group per layer, then the per-token vectors: each norm's mean and the bias
     # of every norm but the last (that one is the same for every token: const)
     assert len(factors.groups) == depth + 1 and factors.groups[-1][0].shape[1] == 2 * depth - 1
@@ -51,7 +54,8 @@ def test_upscaling_from_factors_equals_upscaling_the_tokens(kind, multimask):
     with torch.inference_mode():
         want = fast._upscale_masks(x, hyper, (64, 64))
         got = fast._upscale_masks(x, hyper, (64, 64), factors)
-        # a subset of the prompts (what everything mode upscales), in another order
+        # a subset of the prompts (what everything mode upscales), in another order; the
+        # factors were finalized by the call above and are not scaled twice
         rows = torch.tensor([2, 0])
         part = fast._upscale_masks(x[rows], hyper[rows], (64, 64), factors.select(rows))
     assert want.std() > 0.5

@@ -289,8 +289,6 @@ class FastMaskDecoder(nn.Module):
         hyper = torch.stack([self.output_hypernetworks_mlps[j](kept[:, 1 + k])
                              for k, j in enumerate(chosen)], dim=1)
         iou = self.iou_prediction_head(kept[:, 0])[:, masks_idx]
-        if factors is not None:
-            factors.finalize()
         return x, hyper, iou
 
     # -- mask upscaling -------------------------------------------------------------------------

@@ -58,10 +58,11 @@ class TokenFactors:
     """``X_n = diag(s) X0 diag(g) + sum_k P_k^T Q_k + 1 const^T`` for a batch of prompts sharing
     ``X0`` (module docstring).
 
-    Built layer by layer (:meth:`add`, :meth:`normalize`), then :meth:`finalize` applies each
-    term's later norms once: the attention weights ``A`` (``B x HN x L``, the largest part) are
-    scaled in place, never copied. Afterwards: ``s`` ``B x L``, ``g`` ``C``, ``groups`` a list of
-    ``(P B x K x L, Q B x K x C)``, ``const`` ``C`` (or None).
+    Built layer by layer (:meth:`add`, :meth:`normalize`), then :meth:`finalize` (on first use,
+    so prompts that are never upscaled cost nothing more) applies each term's later norms once:
+    the attention weights ``A`` (``B x HN x L``, the largest part) are scaled in place, never
+    copied. Afterwards: ``s`` ``B x L``, ``g`` ``C``, ``groups`` a list of ``(P B x K x L, Q B x K
+    x C)``, ``const`` ``C`` (or None).
     """
 
     def __init__(self, batch: int, length: int, like: torch.Tensor,
@@ -73,6 +74,7 @@ class TokenFactors:
         self._norms: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rstd B x L, gamma C)
         self.s = self.g = self.const = None
         self.groups: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.finalized = False
 
     def add(self, a: torch.Tensor, m: torch.Tensor) -> None:
         """``Z = X + A^T M``: ``a`` ``B x K x L`` (scaled in place by :meth:`finalize`), ``m``
@@ -89,7 +91,11 @@ class TokenFactors:
         self._terms.append((rstd.new_ones(()).expand(b, 1, length), norm.bias, i + 1))
 
     def finalize(self) -> None:
-        """Each term times the norms after it: token scales ``c_i``, channel scales ``G_i``."""
+        """Each term times the norms after it: token scales ``c_i``, channel scales ``G_i``.
+        Once; later calls return at once."""
+        if self.finalized:
+            return
+        self.finalized = True
         n = len(self._norms)
         c, g = [None] * (n + 1), [None] * (n + 1)  # None: ones
         for i in range(n - 1, -1, -1):
@@ -114,7 +120,9 @@ class TokenFactors:
 
     def select(self, rows: torch.Tensor) -> TokenFactors:
         """The finalized factors of some prompts only (``rows``: indices into the batch)."""
+        self.finalize()
         out = TokenFactors(len(rows), self.length, self.like, self.shared)
+        out.finalized = True
         out.s, out.g, out.const = self.s[rows], self.g, self.const
         out.groups = [(p[rows], q[rows]) for p, q in self.groups]
         return out
@@ -146,6 +154,7 @@ def upscale_masks(upscaling: nn.Sequential, x: torch.Tensor, hyper: torch.Tensor
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
     b1, b2 = conv1.bias.repeat(4), conv2.bias.repeat(4)
     if factors is not None:
+        factors.finalize()
         x0 = factors.shared["x0"][0]
         if "x0_w1" not in factors.shared:  # L x 4 C1, once per call for every prompt
             factors.shared["x0_w1"] = (x0 if factors.g is None else x0 * factors.g) @ w1
