@@ -81,3 +81,5 @@ def test_factors_only_where_every_prompt_starts_from_the_same_tokens():
         assert factored(fast, dense, asked=False) == [False]
         assert factored(fast, masked) == [False]  # the tokens differ from the start
         assert factored(bf16, dense) == [False]  # products in bf16: the plain path
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast: the same
+            assert factored(fast, dense) == [False]

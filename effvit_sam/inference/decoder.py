@@ -215,7 +215,8 @@ class FastMaskDecoder(nn.Module):
         if shared:
             x0 = (image + dense[:1].flatten(2).transpose(1, 2)).contiguous()
             first = self._first_layer_shared(x0, pe)
-        factored = factored and shared and self.autocast_dtype is None
+        factored = factored and shared and self.autocast_dtype is None and \
+            not torch.is_autocast_enabled(image_embeddings.device.type)  # nor a caller's
         per_call = {"x0": first["x"]} if factored else None
         for start in range(0, sparse.shape[0], self.chunk_size):
             part = slice(start, start + self.chunk_size)
