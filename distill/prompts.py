@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from effvit_sam.geometry import LOW_RES_MASK_SIZE, PROMPT_FRAME
-from eval.clicks import farthest_from_boundary, next_click
+from eval.clicks import first_click, next_click
 
 LOW_RES_STRIDE = PROMPT_FRAME // LOW_RES_MASK_SIZE
 
@@ -126,14 +126,14 @@ def farthest_correction_clicks(pred_logits: torch.Tensor, masks: torch.Tensor
     flat, labels = [], []
     for gt, guess in zip(truth, pred, strict=True):
         click = next_click(gt, guess)
-        if click is not None:
-            x, y, positive = click.x, click.y, click.positive
-        elif gt.any():
-            (x, y, _), positive = farthest_from_boundary(gt), True
+        if click is None and gt.any():
+            click = first_click(gt)  # exact: confirm at the innermost pixel
+        if click is None:
+            flat.append((height // 2) * width + width // 2)
+            labels.append(0)
         else:
-            x, y, positive = width // 2, height // 2, False
-        flat.append(y * width + x)
-        labels.append(int(positive))
+            flat.append(click.y * width + click.x)
+            labels.append(int(click.positive))
     device = masks.device
     coords = pixels_to_points(torch.tensor(flat, device=device)[:, None], width)
     return coords, torch.tensor(labels, dtype=torch.int64, device=device)[:, None]

@@ -32,7 +32,7 @@ function (low-res logits within 1e-3 in float32, ``tests/test_fast_decoder.py``)
   logits. When every prompt starts from the same image tokens (no mask inputs), the final tokens
   are also kept as a shared part plus per-prompt low-rank factors (each layer adds ``A^T M``
   and a LayerNorm is a per-token scale and shift), and the first transposed convolution is
-  computed from those: a 116-deep product per prompt instead of a 256-deep one.
+  computed from those: products 115 deep in all per prompt instead of one 256 deep.
 * **Only the masks that will be kept** (:meth:`FastMaskDecoder.forward_kept`, what the mask
   generator calls when its ``pred_iou_thresh`` is above 0): the predicted IoUs come from the
   output tokens before any upscaling, so a prompt none of whose masks passes the threshold is

@@ -17,11 +17,13 @@ per-token ``mu`` and ``r = 1 / sqrt(var + eps)``. So after any number of layers
     X_n = diag(s) X0 diag(g) + P^T Q
 
 with a per-prompt token scale ``s`` (``L``), a channel scale ``g`` shared by every prompt (the
-product of the norms' ``gamma``), and per prompt ``P`` (``R x L``) and ``Q`` (``R x C``), ``R =
-sum over layers of (HN + 2)``: 116 for SAM's decoder (2 layers, 8 heads, 7 tokens). The first
+product of the norms' ``gamma``), and per prompt ``P`` (``R x L``) and ``Q`` (``R x C``): each
+layer's ``HN`` attention rows, each norm's mean, each norm's bias but the last (that one is the
+same for every token), so ``R`` = 56 + 56 + 3 = 115 for a box prompt to SAM's decoder (2
+layers, 8 heads, 7 tokens). The first
 transposed convolution is then ``X_n W1 = diag(s) (X0 diag(g) W1) + P^T (Q W1)``: the ``L x C``
 by ``C x 4 C1`` product is done once per call for all prompts, and per prompt there is an ``L x
-R`` by ``R x 4 C1`` product (116 against 256 deep: less than half the multiply-adds, at the same
+R`` by ``R x 4 C1`` product (115 against 256 deep: less than half the multiply-adds, at the same
 rate on the Zen 4 EPYC, README, issue #18) and a scaled add. Exact up to rounding
 (``tests/test_fast_decoder.py``: logits within 1e-3 of SAM's decoder).
 """
