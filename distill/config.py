@@ -47,6 +47,9 @@ class ModelConfig:
     """The encoder's input side for this run (``None``: the variant's own). An EfficientViT encoder
     takes any multiple of 32 with the same weights (its neck resizes every stage to the embedding
     grid); the run's ``pretrained/config.json`` records the size."""
+    mask_dim: int | None = None
+    """Channels of the mask decoder's upscaled embedding (``None``: the variant's own, SAM's
+    ``prompt_embed_dim // 8`` unless it says otherwise); recorded in ``config.json`` too."""
 
 
 @dataclass
@@ -200,6 +203,8 @@ class Config:
         checks = [
             (size is None or (size >= 64 and size % 32 == 0),
              f"model.input_size must be a multiple of 32 of at least 64, got {size}"),
+            (self.model.mask_dim is None or self.model.mask_dim >= 1,
+             f"model.mask_dim must be a positive channel count, got {self.model.mask_dim}"),
             (self.phase in (1, 2), f"phase must be 1 or 2, got {self.phase}"),
             (self.train.lr > 0, f"train.lr must be positive, got {self.train.lr}"),
             (self.train.embed_loss in EMBED_LOSSES,

@@ -23,6 +23,7 @@ from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.weights import resolve_model
 
 from .config import ModelConfig
+from .widen import UPSCALE, mask_channels, widen_mask_head
 
 DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 
@@ -52,7 +53,18 @@ def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.in
     the released weights of the registry name ``path`` (which must be ``model``'s variant)."""
     name = registry_name(path) if what == "model.init" else None
     if name is None:
-        load_checkpoint(model, weights_file(path, what=what))
+        file = weights_file(path, what=what)
+        if what == "model.init" and model.config.mask_dim is not None:
+            state = read_state_dict(file)
+            wide = model.config.mask_channels
+            if UPSCALE + "3.weight" in state and mask_channels(state) < wide:
+                try:
+                    load_checkpoint(model, widen_mask_head(state, wide))
+                except (ValueError, CheckpointError) as err:
+                    raise CheckpointError(f"{what} {file} (mask head widened to {wide}): "
+                                          f"{err}") from None
+                return
+        load_checkpoint(model, file)
         return
     if name != model.config.name:
         raise CheckpointError(f"{what} {path} names the weights of {name}, but model.name is "
@@ -83,8 +95,9 @@ def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:
 
 
 def build_model(cfg: ModelConfig) -> EfficientViTSam:
-    """``build_sam(cfg.name)`` (at ``cfg.input_size`` if given), then ``cfg.init`` (all
-    weights), then ``cfg.decoder_from``.
+    """``build_sam(cfg.name)`` (at ``cfg.input_size`` and with ``cfg.mask_dim`` if given), then
+    ``cfg.init`` (all weights; a narrower mask head there is widened to ``mask_dim`` without
+    changing the model's output, :mod:`distill.widen`), then ``cfg.decoder_from``.
 
     Phase 1 trains only the image encoder; ``decoder_from`` (e.g. the teacher's weights) puts a
     prompt encoder and mask decoder next to it, so the run's ``pretrained/`` folder is a
@@ -94,6 +107,8 @@ def build_model(cfg: ModelConfig) -> EfficientViTSam:
     spec = get_config(cfg.name)
     if cfg.input_size is not None:
         spec = replace(spec, encoder=replace(spec.encoder, input_size=cfg.input_size))
+    if cfg.mask_dim is not None:
+        spec = replace(spec, mask_dim=cfg.mask_dim)
     model = build_sam(spec)
     if cfg.init:
         load_init(model, cfg.init)

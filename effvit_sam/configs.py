@@ -63,6 +63,11 @@ class SamConfig:
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
     mask_in_chans: int = 16
+    # Channels of the upscaled image embedding that each mask token's hypernetwork reads (a mask
+    # is their per-pixel combination); ``None``: SAM's ``prompt_embed_dim // 8``. Wider heads
+    # keep SAM's module names and layout (2x2 transposed conv to ``2 * mask_dim``, LayerNorm2d,
+    # GELU, 2x2 transposed conv to ``mask_dim``, GELU), only the channel counts differ.
+    mask_dim: int | None = None
     transformer_norm_eps: float = 1e-6
     # What a single-mask request returns: "token", SAM's first mask token; "best_of_three", the
     # best-scored of the three multimask outputs, for models trained on those alone
@@ -74,6 +79,13 @@ class SamConfig:
         if self.single_mask not in SINGLE_MASK_MODES:
             raise ValueError(f"single_mask must be one of {SINGLE_MASK_MODES}, got "
                              f"{self.single_mask!r}")
+        if self.mask_dim is not None and self.mask_dim < 1:
+            raise ValueError(f"mask_dim must be a positive channel count, got {self.mask_dim}")
+
+    @property
+    def mask_channels(self) -> int:
+        """Channels of the upscaled embedding (``mask_dim``, or SAM's ``prompt_embed_dim // 8``)."""
+        return self.mask_dim or self.prompt_embed_dim // 8
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 from .. import geometry
@@ -104,9 +105,26 @@ def build_mask_decoder(cfg: SamConfig) -> MaskDecoder:
     for module in transformer.modules():
         if isinstance(module, nn.LayerNorm):
             module.eps = cfg.transformer_norm_eps
-    return MaskDecoder(num_multimask_outputs=cfg.num_multimask_outputs, transformer=transformer,
-                       transformer_dim=cfg.prompt_embed_dim, iou_head_depth=cfg.iou_head_depth,
-                       iou_head_hidden_dim=cfg.iou_head_hidden_dim)
+    decoder = MaskDecoder(num_multimask_outputs=cfg.num_multimask_outputs,
+                          transformer=transformer, transformer_dim=cfg.prompt_embed_dim,
+                          iou_head_depth=cfg.iou_head_depth,
+                          iou_head_hidden_dim=cfg.iou_head_hidden_dim)
+    if cfg.mask_channels != cfg.prompt_embed_dim // 8:
+        _widen_mask_head(decoder, cfg.prompt_embed_dim, cfg.mask_channels)
+    return decoder
+
+
+def _widen_mask_head(decoder: MaskDecoder, dim: int, mask_dim: int) -> None:
+    """Rebuild SAM's upscaling and the hypernetworks' last layers for ``mask_dim`` channels
+    (SAM's layers and names, fresh weights): a mask is a per-pixel combination of these
+    channels, and SAM's ``dim // 8`` (8 for a 64-wide decoder) is too few to draw a small
+    model's masks."""
+    hidden = 2 * mask_dim
+    decoder.output_upscaling = nn.Sequential(
+        nn.ConvTranspose2d(dim, hidden, kernel_size=2, stride=2), LayerNorm2d(hidden), nn.GELU(),
+        nn.ConvTranspose2d(hidden, mask_dim, kernel_size=2, stride=2), nn.GELU())
+    for mlp in decoder.output_hypernetworks_mlps:
+        mlp.layers[-1] = nn.Linear(mlp.layers[-1].in_features, mask_dim)
 
 
 def build_efficientvit_sam(cfg: SamConfig) -> EfficientViTSam:
