@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "official figures)")
     p.add_argument("--include-crowd", action="store_true", help="box/point: also prompt "
                    "crowd (iscrowd) regions, as the official script does (skipped by default)")
+    p.add_argument("--box-noise", type=float, default=0.0, metavar="FRACTION",
+                   help="box: move every box coordinate by N(0, FRACTION x the box's side) "
+                   "pixels, at most 20 (SAM's training noise; 0.1 is SAM's), the same boxes "
+                   "for every model: how the masks hold up under a loose box (default 0: exact)")
     p.add_argument("--max-prompts", type=int, default=64,
                    help="prompts per decoder call (bounds memory on crowded images)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-weights: every "
@@ -119,7 +123,7 @@ def _check_settings(args: argparse.Namespace) -> tuple[EvalTask, EvalDataset]:
     try:
         task = EvalTask(mode=args.mode, num_clicks=args.num_clicks, limit=args.limit,
                         detections=args.detections, feed_logits=args.feed_logits,
-                        include_crowd=args.include_crowd)
+                        include_crowd=args.include_crowd, box_noise=args.box_noise)
     except ValueError as err:
         raise UserError(str(err)) from None
     return task, open_dataset(args.dataset, args.annotations, args.images)
@@ -195,6 +199,7 @@ def _evaluate(args: argparse.Namespace, task: EvalTask, dataset: EvalDataset, ac
         "mode": args.mode, "num_clicks": args.num_clicks if args.mode == "point" else None,
         "feed_logits": args.feed_logits if args.mode == "point" else None,
         "include_crowd": args.include_crowd if args.mode != "box-from-detector" else None,
+        "box_noise": args.box_noise if args.mode == "box" else None,
         "limit": args.limit, "num_processes": accelerator.num_processes, "device": str(device),
     }
     print(format_table(settings, summary))

@@ -28,9 +28,15 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _mode(settings: dict) -> str:
+    """The mode, with the box noise when there was any."""
+    noise = settings.get("box_noise")
+    return f"{settings['mode']} (noise {noise:g})" if noise else settings["mode"]
+
+
 def format_table(settings: dict, summary: dict) -> str:
     """A plain-text table of every metric, headed by what was evaluated."""
-    head = (f"{settings['model']} | {settings['dataset']} | {settings['mode']} | "
+    head = (f"{settings['model']} | {settings['dataset']} | {_mode(settings)} | "
             f"{summary['num_images']} images")
     if "num_instances" in summary:
         head += f" | {summary['num_instances']['all']} instances"
@@ -58,7 +64,7 @@ def format_table(settings: dict, summary: dict) -> str:
 def markdown_row(settings: dict, summary: dict) -> str:
     """``| model | dataset | mode | metric=value ... |`` for the README's results table."""
     metrics = " · ".join(f"{k} {_fmt(v)}" for k, v in summary["metrics"].items())
-    return f"| {settings['model']} | {settings['dataset']} | {settings['mode']} | {metrics} |"
+    return f"| {settings['model']} | {settings['dataset']} | {_mode(settings)} | {metrics} |"
 
 
 def write_report(path: str | Path, settings: dict, summary: dict) -> dict:

@@ -59,7 +59,10 @@ REPORTED_CLICKS = (1, 3, 5)
 class EvalTask:
     """What to evaluate. ``limit``: only the first N images (sorted ids), for quick runs;
     ``feed_logits``: point mode feeds each round's low-res logits to the next (off by default);
-    ``include_crowd``: mIoU modes also prompt crowd regions (skipped by default).
+    ``include_crowd``: mIoU modes also prompt crowd regions (skipped by default);
+    ``box_noise``: box mode moves every box coordinate by ``N(0, box_noise * side)`` pixels
+    (SAM's training noise: at most 20 px, then clipped to the image), drawn from a generator
+    seeded by the image id, so every model gets the same boxes (0: the exact boxes).
     """
 
     mode: str
@@ -68,8 +71,13 @@ class EvalTask:
     detections: str | None = None
     feed_logits: bool = False
     include_crowd: bool = False
+    box_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.box_noise <= 1.0:
+            raise ValueError(f"box_noise must be in [0, 1], got {self.box_noise}")
+        if self.box_noise and self.mode != "box":
+            raise ValueError("box_noise applies to box mode only")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.num_clicks < 1:
@@ -106,11 +114,32 @@ def _usable(instances: list[Instance]) -> tuple[list[Instance], list[np.ndarray]
     return kept, masks, Counter({"empty_mask": len(instances) - len(kept)})
 
 
+BOX_NOISE_MAX_PX = 20.0
+"""SAM's cap on its training box noise, in pixels."""
+
+
+def noisy_boxes(boxes: np.ndarray, noise: float, image_size: tuple[int, int],
+                rng: np.random.Generator) -> np.ndarray:
+    """``K x 4`` XYXY boxes with every coordinate moved by ``N(0, noise * side)`` pixels (at
+    most :data:`BOX_NOISE_MAX_PX`), clipped to the ``(h, w)`` image, corners kept ordered."""
+    side = np.maximum(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, 1), 1)
+    shift = np.clip(rng.standard_normal(boxes.shape) * noise * side, -BOX_NOISE_MAX_PX,
+                    BOX_NOISE_MAX_PX)
+    h, w = image_size
+    out = np.clip(boxes + shift, 0, [w, h, w, h])
+    return np.concatenate([np.minimum(out[:, :2], out[:, 2:]), np.maximum(out[:, :2], out[:, 2:])],
+                          1)
+
+
 def eval_image_boxes(predictor: BatchPredictor, image: np.ndarray, instances: list[Instance],
-                     gts: list[np.ndarray]) -> list[InstanceResult]:
-    """GT-box prompts for all instances of one image in one batched call."""
+                     gts: list[np.ndarray], *, box_noise: float = 0.0) -> list[InstanceResult]:
+    """GT-box prompts (moved by ``box_noise``, see :class:`EvalTask`) for all instances of one
+    image in one batched call."""
     predictor.set_image(image)
-    boxes = np.stack([inst.box_xyxy for inst in instances])
+    boxes = np.stack([inst.box_xyxy for inst in instances]).astype(np.float64)
+    if box_noise:
+        rng = np.random.default_rng([instances[0].image_id, 7])
+        boxes = noisy_boxes(boxes, box_noise, image.shape[:2], rng)
     chosen, _, _ = predict_best(predictor, boxes=boxes, multimask_output=True)
     return [InstanceResult(inst.ann_id, inst.image_id, inst.size, (mask_iou(pred, gt),),
                            inst.category_id)
@@ -185,7 +214,8 @@ def eval_image(task: EvalTask, predictor: BatchPredictor, dataset: EvalDataset, 
     if not instances:
         return record
     if task.mode == "box":
-        record.instances = eval_image_boxes(predictor, image, instances, gts)
+        record.instances = eval_image_boxes(predictor, image, instances, gts,
+                                            box_noise=task.box_noise)
     else:
         record.instances = eval_image_clicks(predictor, image, instances, gts,
                                              num_clicks=task.num_clicks,

@@ -62,6 +62,14 @@ def test_cli_box_end_to_end_writes_report(tmp_path, capsys):
     assert report["markdown_row"] in printed and "mIoU_small" in printed
     assert "inference: reference eager float32" in printed
     assert "weights: random (--random-weights, seed 0" in printed
+    assert settings["box_noise"] == 0.0
+    # --box-noise: recorded, shown in the mode, and the same boxes for every run
+    noisy = [json.loads(p.read_text()) for p in (tmp_path / "n1.json", tmp_path / "n2.json")
+             if main(_cli_args(tmp_path, "coco", "box", "--box-noise", "0.1",
+                               "--output", str(p))) == 0]
+    assert noisy[0]["settings"]["box_noise"] == 0.1 and "| box (noise 0.1) |" in noisy[0][
+        "markdown_row"]
+    assert noisy[0]["metrics"] == noisy[1]["metrics"] != report["metrics"]
 
 
 def test_cli_fast_is_recorded_and_close_to_eager(tmp_path, capsys):
@@ -96,6 +104,8 @@ def test_cli_reports_bad_settings_as_user_errors(tmp_path, capsys):
         main(_cli_args(tmp_path, "coco", "box", "--detections", "d.json"))
     with pytest.raises(UserError, match="--limit must be >= 1, got 0"):
         main(_cli_args(tmp_path, "coco", "box", "--limit", "0"))
+    with pytest.raises(UserError, match="box_noise applies to box mode only"):
+        main(_cli_args(tmp_path, "coco", "point", "--box-noise", "0.1"))
 
 
 def test_cli_dataset_flavour_mismatch_and_skip_counts_in_the_report(tmp_path, capsys):

@@ -12,7 +12,7 @@ from effvit_sam.errors import UserError
 from effvit_sam.masks import mask_to_rle
 from eval.datasets import SKIP_REASONS, EvalDataset
 from eval.report import format_table
-from eval.runner import EvalTask, run_evaluation
+from eval.runner import BOX_NOISE_MAX_PX, EvalTask, noisy_boxes, run_evaluation
 
 from .eval_toyset import (
     BoxFillPredictor,
@@ -65,6 +65,33 @@ def test_limit_takes_the_first_images(tmp_path):
     assert summary["num_images"] == 1
     assert summary["metrics"]["mIoU"] == pytest.approx(100 * (1 + TRIANGLE) / 2)
     assert summary["metrics"]["mIoU_large"] is None
+
+
+def test_box_noise_moves_every_box_the_same_way_for_every_model(tmp_path):
+    exact, oracle = _run(tmp_path / "a", "coco", EvalTask("box"), lambda t: BoxFillPredictor())
+    noisy, moved = _run(tmp_path / "b", "coco", EvalTask("box", box_noise=0.1),
+                        lambda t: BoxFillPredictor())
+    again, moved_again = _run(tmp_path / "c", "coco", EvalTask("box", box_noise=0.1),
+                              lambda t: BoxFillPredictor())
+    before = np.concatenate([c["boxes"] for c in oracle.calls])
+    after = np.concatenate([c["boxes"] for c in moved.calls])
+    assert after.shape == before.shape and not np.allclose(after, before)
+    assert np.abs(after - before).max() <= BOX_NOISE_MAX_PX
+    np.testing.assert_array_equal(after, np.concatenate([c["boxes"] for c in moved_again.calls]))
+    assert again["metrics"] == noisy["metrics"]
+    # a predictor that fills its box is exact on rectangles only for the exact box
+    assert noisy["metrics"]["mIoU"] < exact["metrics"]["mIoU"] - 1
+
+
+def test_noisy_boxes_are_capped_clipped_and_ordered():
+    boxes = np.array([[10.0, 10, 50, 30], [0, 0, 400, 300], [90, 5, 99, 95]])
+    rng = np.random.default_rng(0)
+    assert np.array_equal(noisy_boxes(boxes, 0.0, (100, 100), rng), np.clip(boxes, 0, 100))
+    out = noisy_boxes(np.repeat(boxes, 200, 0), 1.0, (100, 100), rng)
+    assert (out >= 0).all() and (out[:, [0, 2]] <= 100).all() and (out[:, [1, 3]] <= 100).all()
+    assert (out[:, 2] >= out[:, 0]).all() and (out[:, 3] >= out[:, 1]).all()
+    small = out[:200]  # the 40 x 20 box, moved at most 20 px per coordinate
+    assert np.abs(small - boxes[0]).max() <= BOX_NOISE_MAX_PX and np.abs(small - boxes[0]).std() > 5
 
 
 def test_point_oracle_gives_100_after_every_click(tmp_path):
@@ -238,6 +265,10 @@ def test_task_rejects_bad_settings():
         EvalTask("box-from-detector")
     with pytest.raises(ValueError, match="num_clicks"):
         EvalTask("point", num_clicks=0)
+    with pytest.raises(ValueError, match="box_noise applies to box mode only"):
+        EvalTask("point", box_noise=0.1)
+    with pytest.raises(ValueError, match="box_noise must be in"):
+        EvalTask("box", box_noise=-0.1)
 
 
 # --- the real predictor and the CLI with the tiny model ------------------------------------
