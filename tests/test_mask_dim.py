@@ -130,3 +130,12 @@ def test_a_run_widens_its_narrow_init_and_draws_the_same_masks(tmp_path):
         load_config("smoke_phase2", ["model.mask_dim=0"])
     with pytest.raises(CheckpointError, match="mask head widened to 6"):
         build_model(ModelConfig(name=TINY, init=str(tmp_path / "narrow"), mask_dim=6))
+
+
+def test_a_wide_head_exports_to_onnx_and_matches(tmp_path):
+    from effvit_sam.export.onnx import DECODER_ATOL, export_onnx
+
+    torch.manual_seed(5)
+    model = _trained_like(build_sam(replace(get_config(TINY), mask_dim=8)).eval())
+    result = export_onnx(model, tmp_path)  # verifies against PyTorch, raises beyond the atol
+    assert 0 <= result["decoder_max_abs_diff"] <= DECODER_ATOL
