@@ -10,7 +10,7 @@ the file or ``--set`` override it came from, so a typo never silently trains wit
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -50,6 +50,35 @@ class ModelConfig:
     mask_dim: int | None = None
     """Channels of the mask decoder's upscaled embedding (``None``: the variant's own, SAM's
     ``prompt_embed_dim // 8`` unless it says otherwise); recorded in ``config.json`` too."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Integer fields of the variant's ``SamConfig`` changed for this run, by name
+    (``prompt_embed_dim``, ``decoder_heads``, ...; ``encoder.out_dim`` for the encoder's);
+    recorded in ``config.json``. A decoder wider than the encoder's output needs
+    ``encoder.out_dim`` to match."""
+    init_fresh: list[str] = field(default_factory=list)
+    """State-dict key prefixes that ``init`` does not provide (say ``mask_decoder.`` for a new,
+    wider decoder on a trained encoder): those weights keep their random initialisation, every
+    other key loads strictly; a prefix that names no key of the model is an error."""
+
+
+def resized(spec, sizes: dict[str, int]):
+    """``spec`` (a ``SamConfig``) with the integer fields named in ``sizes`` replaced
+    (``encoder.X`` for the encoder's); an unknown or non-integer field raises
+    :class:`ConfigError`."""
+    top, enc = {}, {}
+    for key, value in sizes.items():
+        target, name = (enc, key.removeprefix("encoder.")) if key.startswith("encoder.") \
+            else (top, key)
+        current = getattr(spec.encoder if target is enc else spec, name, None)
+        if not isinstance(current, int) or isinstance(current, bool):
+            raise ConfigError(f"model.sizes: {key} is not an integer field of "
+                              f"{'EncoderConfig' if target is enc else 'SamConfig'}")
+        target[name] = value
+    try:
+        return replace(spec, **top, encoder=replace(spec.encoder, **enc))
+    except ValueError as err:
+        raise ConfigError(f"model.sizes: {err}") from None
+
 
 
 @dataclass
@@ -193,12 +222,13 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
-        from effvit_sam.configs import resolve_name
+        from effvit_sam.configs import get_config, resolve_name
 
         try:
             resolve_name(self.model.name)
         except KeyError as err:
             raise ConfigError(f"model.name: {err.args[0]}") from None
+        resized(get_config(self.model.name), self.model.sizes)  # raises on a bad field
         size = self.model.input_size
         checks = [
             (size is None or (size >= 64 and size % 32 == 0),

@@ -22,7 +22,7 @@ from effvit_sam.errors import UserError
 from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.weights import resolve_model
 
-from .config import ModelConfig
+from .config import ModelConfig, resized
 from .widen import UPSCALE, mask_channels, widen_mask_head
 
 DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
@@ -48,10 +48,35 @@ def registry_name(spec: str | Path) -> str | None:
         return None
 
 
-def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.init") -> None:
+def _load_with_fresh(model: EfficientViTSam, file: Path, fresh: list[str], what: str) -> None:
+    """``model``'s weights from ``file`` except the keys under the ``fresh`` prefixes, which keep
+    the model's own (random) values; strict for everything else."""
+    own = model.state_dict()
+    for prefix in fresh:
+        if not any(k.startswith(prefix) for k in own):
+            raise CheckpointError(f"{what}: model.init_fresh prefix {prefix!r} names no weight "
+                                  "of the model")
+    is_fresh = lambda key: any(key.startswith(p) for p in fresh)  # noqa: E731
+    state = {k: v for k, v in read_state_dict(file).items() if not is_fresh(k)}
+    state.update({k: v for k, v in own.items() if is_fresh(k)})
+    try:
+        load_checkpoint(model, state)
+    except CheckpointError as err:
+        raise CheckpointError(f"{what} {file} (without {', '.join(fresh)}): {err}") from None
+
+
+def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.init",
+              fresh: list[str] | None = None) -> None:
     """Load all of ``model``'s weights from ``path`` (strictly; errors name the file), or from
-    the released weights of the registry name ``path`` (which must be ``model``'s variant)."""
+    the released weights of the registry name ``path`` (which must be ``model``'s variant).
+    ``fresh``: key prefixes left at the model's own initialisation (``model.init_fresh``)."""
     name = registry_name(path) if what == "model.init" else None
+    if fresh:
+        if name is not None:
+            raise CheckpointError(f"{what} {path}: model.init_fresh needs a weights file or "
+                                  "folder, not a registry name")
+        _load_with_fresh(model, weights_file(path, what=what), fresh, what)
+        return
     if name is None:
         file = weights_file(path, what=what)
         if what == "model.init" and model.config.mask_dim is not None:
@@ -109,9 +134,13 @@ def build_model(cfg: ModelConfig) -> EfficientViTSam:
         spec = replace(spec, encoder=replace(spec.encoder, input_size=cfg.input_size))
     if cfg.mask_dim is not None:
         spec = replace(spec, mask_dim=cfg.mask_dim)
+    spec = resized(spec, cfg.sizes)
     model = build_sam(spec)
     if cfg.init:
-        load_init(model, cfg.init)
+        load_init(model, cfg.init, fresh=cfg.init_fresh)
+    elif cfg.init_fresh:
+        raise CheckpointError("model.init_fresh names weights that model.init does not give, "
+                              "but model.init is not set")
     if cfg.decoder_from:
         load_decoder_from(model, cfg.decoder_from)
     return model
