@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from effvit_sam.checkpoint import from_pretrained
+from effvit_sam import from_pretrained
 from eval.predictors import SamBatchPredictor, best_masks
 
 

@@ -1,0 +1,73 @@
+"""The recipe log's probe scripts (``distill/scripts/``) on a tiny made set and a saved model:
+they run, and their figures keep the invariants they must."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.cli import make_eval_set_main
+from effvit_sam import build_sam, save_pretrained
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "distill" / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"probe_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def made_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    assert make_eval_set_main(["--out", str(root / "set"), "--num-images", "2", "--image-size",
+                               "160", "--format", "coco", "--seed", "3"]) == 0
+    (ann,) = (root / "set" / "annotations").glob("*.json")
+    torch.manual_seed(0)
+    model_dir = root / "model"
+    save_pretrained(build_sam("efficientvit-sam-tiny").eval(), model_dir)
+    return model_dir, ann, root / "set" / "images"
+
+
+def test_box_failures_figures_and_overlay(made_set, tmp_path) -> None:
+    model_dir, ann, images = made_set
+    sheet = tmp_path / "worst.jpg"
+    report = _script("box_failures").main(str(model_dir), str(ann), str(images), 2, str(sheet),
+                                          worst=2, min_area=0)
+    n = len(json.loads(ann.read_text())["annotations"])
+    assert report["instances"] == n
+    assert sum(report[s]["instances"] for s in ("small", "medium", "large")) == n
+    assert report["large"] == {"instances": 0}  # 160-pixel images: none of 96 x 96
+    assert 0.0 <= report["mIoU"] <= 100.0
+    # a GT mask lies inside its own box, so cutting a mask to the box removes only false
+    # positives (its IoU cannot fall), and the best of three by true IoU is at least the chosen
+    assert report["mIoU_masks_cut_to_box"] >= report["mIoU"] - 1e-9
+    assert report["mIoU_best_of_three_by_true_iou"] >= report["mIoU"] - 1e-9
+    assert 0.0 <= report["share_of_false_positive_pixels_outside_box"] <= 1.0
+    from PIL import Image
+
+    sizes = [(i["width"], i["height"]) for i in json.loads(ann.read_text())["images"]]
+    with Image.open(sheet) as im:  # two rows, each an image and its overlay side by side
+        assert im.width in {2 * w for w, _ in sizes}
+        assert im.height >= 2 * min(h for _, h in sizes)
+
+
+def test_box_failures_in_box_mask() -> None:
+    inside = _script("box_failures")._in_box(np.array([[1.5, 0.0, 3.0, 2.2]]), 4, 5)
+    want = np.zeros((4, 5), bool)
+    want[0:3, 1:3] = True  # x 1..2 (floor 1.5, ceil 3.0), y 0..2 (ceil 2.2 = 3)
+    np.testing.assert_array_equal(inside[0], want)
+
+
+def test_prompt_following_runs(made_set) -> None:
+    model_dir, ann, images = made_set
+    report = _script("prompt_following").main(str(model_dir), str(ann), str(images), 2)
+    assert report["instances"] == len(json.loads(ann.read_text())["annotations"])
+    assert 0.0 <= report["mean_pairwise_IoU_between_boxes_predictions"] <= 1.0
