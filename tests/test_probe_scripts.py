@@ -71,3 +71,14 @@ def test_prompt_following_runs(made_set) -> None:
     report = _script("prompt_following").main(str(model_dir), str(ann), str(images), 2)
     assert report["instances"] == len(json.loads(ann.read_text())["annotations"])
     assert 0.0 <= report["mean_pairwise_IoU_between_boxes_predictions"] <= 1.0
+
+
+def test_cpu_step_times_real_training_steps(tmp_path) -> None:
+    from distill.synthetic_writers import write_sa1b_shards
+
+    (shard,) = write_sa1b_shards(tmp_path, num_shards=1, images_per_shard=4, seed=5,
+                                 image_size=160)
+    seconds = _script("cpu_step").main("smoke_phase2", [
+        f"data.shards={shard}", "data.batch_size=1", "data.max_masks=2", "data.num_workers=0"],
+        steps=2)
+    assert 0.0 < seconds < 60.0

@@ -52,11 +52,11 @@ def _overlay(image: np.ndarray, mask: np.ndarray, gt: np.ndarray, box: np.ndarra
     return row
 
 
+@torch.no_grad()
 def main(model_dir: str, annotations: str, images: str, num_images: int,
          overlay: str | None = None, worst: int = 5, min_area: float = SIZES["large"][0]) -> dict:
     """The figures (module docstring); ``overlay``: the ``worst`` objects of at least
     ``min_area`` pixels drawn there."""
-    torch.set_grad_enabled(False)
     predictor = SamBatchPredictor(from_pretrained(model_dir).eval())
     coco = COCO(annotations)
     rows: dict[str, list] = {k: [] for k in ("area", "iou", "fp", "fn", "fp_out", "clip", "oracle")}

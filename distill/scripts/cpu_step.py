@@ -1,7 +1,8 @@
 """CPU seconds per phase-2 training step: ``python distill/scripts/cpu_step.py RECIPE
 [SECTION.KEY=VALUE ...]`` (run with ``PYTHONPATH=.`` from the checkout's root, one shard of
-made data at runs/made/shards_a). ``time.process_time`` counts this process's CPU time only,
-so the figure holds on a machine shared with other jobs; the median of 10 steps is printed."""
+made data at runs/made/shards_a unless ``data.shards=...`` is given). ``time.process_time``
+counts this process's CPU time only, so the figure holds on a machine shared with other jobs;
+the median of 10 steps (after 2 warm-up steps) is printed."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ import time
 import torch
 
 from distill.config import load_config
-from distill.engine import build_optimizer
+from distill.parts import build_optimizer
 from distill.phase2 import phase2_task
 
 
-def main(recipe: str, overrides: list[str]) -> float:
+def main(recipe: str, overrides: list[str], steps: int = 10) -> float:
     torch.manual_seed(0)
     base = ["data.shards=runs/made/shards_a/sa_000000.tar", "data.shuffle_buffer=0"]
     cfg = load_config(recipe, base + overrides)
     task = phase2_task(cfg, None)
-    optimizer = build_optimizer(task.step_module, cfg)
+    optimizer = build_optimizer(task.step_module, task.model, cfg.train)
     generator = torch.Generator().manual_seed(0)
     batches = iter(task.make_loader(0))
     times = []
-    for _ in range(12):
+    for _ in range(steps + 2):
         start = time.process_time()
         loss, _ = task.step_module(next(batches), generator)
         loss.backward()

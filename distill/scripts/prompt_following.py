@@ -25,8 +25,8 @@ def pairwise_iou(masks: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1)
 
 
+@torch.no_grad()
 def main(model_dir: str, annotations: str, images: str, num_images: int) -> dict:
-    torch.set_grad_enabled(False)
     predictor = SamBatchPredictor(from_pretrained(model_dir).eval())
     coco = COCO(annotations)
     own, cross, areas = [], [], []
