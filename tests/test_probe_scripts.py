@@ -82,3 +82,22 @@ def test_cpu_step_times_real_training_steps(tmp_path) -> None:
         f"data.shards={shard}", "data.batch_size=1", "data.max_masks=2", "data.num_workers=0"],
         steps=2)
     assert 0.0 < seconds < 60.0
+
+
+def test_wafer_zoom_on_a_small_wafer(made_set) -> None:
+    model_dir, _, _ = made_set
+    zoom = _script("wafer_zoom")
+    report = zoom.main(str(model_dir), size=512, seed=1, windows=(128, 64))
+    from distill.wafer import Wafer
+
+    defects = Wafer(512, 512, seed=1, seam_tile=256, seam_overlap=32).defects
+    kinds = {d.kind for d in defects}
+    assert set(report) == {f"{k} {w}" for k in kinds for w in (128, 64)}
+    for key, row in report.items():
+        kind = key.split()[0]
+        assert row["count"] == sum(d.kind == kind for d in defects)
+        assert 0.0 <= row["chosen_mIoU"] <= row["oracle_mIoU"] <= 1.0
+        assert row["chosen_share_iou_0.9"] <= row["oracle_share_iou_0.9"]
+    # windows stay inside the image and are centred where they can be
+    assert zoom.window_around(10.0, 500.0, 64, 512, 512) == (0, 448, 64, 512)
+    assert zoom.window_around(200.5, 300.0, 64, 512, 512) == (168, 268, 232, 332)
