@@ -21,6 +21,7 @@ import torch
 from distill.wafer import Wafer
 from effvit_sam import from_pretrained
 from effvit_sam.predictor import EfficientViTSamPredictor
+from eval.metrics import mask_iou
 
 WINDOWS = (256, 128, 64)
 
@@ -47,10 +48,10 @@ def main(model_dir: str, size: int = 4096, seed: int = 3,
             click = np.array([[defect.cx - rect[0], defect.cy - rect[1]]])
             masks, scores, _ = predictor.predict(point_coords=click, point_labels=np.array([1]),
                                                  multimask_output=True)
-            ious = (masks & truth).sum((1, 2)) / np.maximum((masks | truth).sum((1, 2)), 1)
+            ious = [mask_iou(m, truth) for m in masks]
             best = int(np.argmax(scores))
             rows.setdefault(f"{defect.kind} {win}", []).append(
-                (float(ious[best]), float(ious.max()), float(scores[best])))
+                (ious[best], max(ious), float(scores[best])))
     out = {}
     for key, values in sorted(rows.items()):
         a = np.array(values)
