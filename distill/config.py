@@ -50,29 +50,43 @@ class ModelConfig:
     mask_dim: int | None = None
     """Channels of the mask decoder's upscaled embedding (``None``: the variant's own, SAM's
     ``prompt_embed_dim // 8`` unless it says otherwise); recorded in ``config.json`` too."""
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int | list[int]] = field(default_factory=dict)
     """Integer fields of the variant's ``SamConfig`` changed for this run, by name
-    (``prompt_embed_dim``, ``decoder_heads``, ...; ``encoder.out_dim`` for the encoder's);
-    recorded in ``config.json``. A decoder wider than the encoder's output needs
-    ``encoder.out_dim`` to match."""
+    (``prompt_embed_dim``, ``decoder_heads``, ...; ``encoder.out_dim`` for the encoder's), and
+    per-stage ones as lists (``encoder.depths: [1, 1, 2, 4, 4]``); recorded in ``config.json``.
+    A decoder wider than the encoder's output needs ``encoder.out_dim`` to match; a deeper
+    backbone than ``init``'s starts its new blocks as identities (:mod:`distill.deepen`)."""
     init_fresh: list[str] = field(default_factory=list)
     """State-dict key prefixes that ``init`` does not provide (say ``mask_decoder.`` for a new,
     wider decoder on a trained encoder): those weights keep their random initialisation, every
     other key loads strictly; a prefix that names no key of the model is an error."""
 
 
-def resized(spec, sizes: dict[str, int]):
+def resized(spec, sizes: dict[str, int | list[int]]):
     """``spec`` (a ``SamConfig``) with the integer fields named in ``sizes`` replaced
-    (``encoder.X`` for the encoder's); an unknown or non-integer field raises
+    (``encoder.X`` for the encoder's; a list for a per-stage field such as ``encoder.depths``,
+    one entry per stage); an unknown field or a value of the wrong kind raises
     :class:`ConfigError`."""
     top, enc = {}, {}
     for key, value in sizes.items():
         target, name = (enc, key.removeprefix("encoder.")) if key.startswith("encoder.") \
             else (top, key)
+        where = "EncoderConfig" if target is enc else "SamConfig"
         current = getattr(spec.encoder if target is enc else spec, name, None)
+        if isinstance(value, list):
+            if not isinstance(current, tuple) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in current):
+                raise ConfigError(f"model.sizes: {key} is not a per-stage integer field of "
+                                  f"{where}")
+            if len(value) != len(current):
+                raise ConfigError(f"model.sizes: {key} needs {len(current)} entries (one per "
+                                  f"stage), got {len(value)}")
+            if any(v < 0 for v in value):
+                raise ConfigError(f"model.sizes: {key} entries must be >= 0, got {value}")
+            target[name] = tuple(value)
+            continue
         if not isinstance(current, int) or isinstance(current, bool):
-            raise ConfigError(f"model.sizes: {key} is not an integer field of "
-                              f"{'EncoderConfig' if target is enc else 'SamConfig'}")
+            raise ConfigError(f"model.sizes: {key} is not an integer field of {where}")
         target[name] = value
     try:
         return replace(spec, **top, encoder=replace(spec.encoder, **enc))

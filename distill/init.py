@@ -23,6 +23,7 @@ from effvit_sam.modeling import EfficientViTSam
 from effvit_sam.weights import resolve_model
 
 from .config import ModelConfig, resized
+from .deepen import deepen_encoder, is_shallower
 from .widen import UPSCALE, mask_channels, widen_mask_head
 
 DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
@@ -79,10 +80,17 @@ def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.in
         return
     if name is None:
         file = weights_file(path, what=what)
-        if what == "model.init" and model.config.mask_dim is not None:
+        if what == "model.init":
             state = read_state_dict(file)
+            if is_shallower(state, model):  # a deeper backbone: new blocks start as identities
+                try:
+                    load_checkpoint(model, deepen_encoder(state, model))
+                except (ValueError, CheckpointError) as err:
+                    raise CheckpointError(f"{what} {file} (backbone deepened): {err}") from None
+                return
             wide = model.config.mask_channels
-            if UPSCALE + "3.weight" in state and mask_channels(state) < wide:
+            if model.config.mask_dim is not None and UPSCALE + "3.weight" in state and \
+                    mask_channels(state) < wide:
                 try:
                     load_checkpoint(model, widen_mask_head(state, wide))
                 except (ValueError, CheckpointError) as err:
