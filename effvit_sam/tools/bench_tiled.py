@@ -220,7 +220,7 @@ def run_everything(args: argparse.Namespace) -> dict:
     print(json.dumps(report["oracle"]), flush=True)
     if args.seam_model:
         report["model_seams"] = _model_seams(args, model, tile, overlap, source, crossing,
-                                             len(objects))
+                                             found)
         print(json.dumps(report["model_seams"]), flush=True)
     # Throughput of the real pipeline on the first tiles (a square block of them).
     side = max(1, int(math.isqrt(args.throughput_tiles)))
@@ -268,10 +268,12 @@ def _seam_recall(crossing: list[tuple[str, CroppedMask]], merged: list, key: str
 
 
 def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, source,
-                 crossing: list[tuple[str, CroppedMask]], num_objects: int) -> dict:
+                 crossing: list[tuple[str, CroppedMask]],
+                 found: list[tuple[str, CroppedMask]]) -> dict:
     """``--seam-model``: the model's everything mode over the whole wafer (``--seam-*``:
     its grid and thresholds, SAM's defaults unless given), merged across seams; the share of
-    seam-crossing objects it recovers as one mask (IoU >= 0.9), per category; the overview
+    seam-crossing objects it recovers as one mask (IoU >= 0.9), per category, and of all
+    objects (``found``: how well the tiles see them, seams or not); the overview
     picture to ``--overview``."""
     from ..automatic import EfficientViTSamAutomaticMaskGenerator
     from ..tiled_everything import AutomaticTileSegmenter, TiledMaskGenerator
@@ -280,13 +282,20 @@ def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, sourc
         model, points_per_side=args.seam_points_per_side, output_mode="binary_mask",
         pred_iou_thresh=args.seam_pred_iou_thresh,
         stability_score_thresh=args.seam_stability_thresh, fast=not args.no_fast)
-    tiled = TiledMaskGenerator(AutomaticTileSegmenter(generator), tile=tile, overlap=overlap,
+    if args.seam_zoom is not None:
+        from ..tiled_zoom import ZoomTileSegmenter
+
+        segmenter = ZoomTileSegmenter(generator, zoom=args.seam_zoom)
+    else:
+        segmenter = AutomaticTileSegmenter(generator)
+    tiled = TiledMaskGenerator(segmenter, tile=tile, overlap=overlap,
                                batch_size=args.batch_size, progress=True)
     t = time.perf_counter()
     merged = tiled.generate_merged(source)
     seconds = time.perf_counter() - t
     hits, totals = _seam_recall(crossing, merged)
     loose, _ = _seam_recall(crossing, merged, iou=0.5)  # found as one mask, if imprecise
+    every, every_total = _seam_recall(found, merged)
     if args.overview is not None:
         from PIL import Image
 
@@ -300,12 +309,15 @@ def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, sourc
     return {"model": args.model, "checkpoint": str(args.checkpoint),
             "points_per_side": args.seam_points_per_side,
             "pred_iou_thresh": args.seam_pred_iou_thresh,
-            "stability_score_thresh": args.seam_stability_thresh, "objects": num_objects,
+            "stability_score_thresh": args.seam_stability_thresh, "zoom": args.seam_zoom,
+            "zoom_looked_again": getattr(segmenter, "looked_again", None),
+            "zoom_replaced": getattr(segmenter, "replaced", None), "objects": len(found),
             "merged_masks": len(merged), "seam_crossing": sum(totals.values()),
             "seam_crossing_iou_0.9": sum(hits.values()),
             "share": round(sum(hits.values()) / max(1, sum(totals.values())), 4),
             "per_category": {k: f"{hits[k]}/{totals[k]}" for k in sorted(totals)},
             "per_category_iou_0.5": {k: f"{loose[k]}/{totals[k]}" for k in sorted(totals)},
+            "all_objects_iou_0.9": {k: f"{every[k]}/{every_total[k]}" for k in sorted(every_total)},
             "seconds": round(seconds, 1), "tiles_per_s": round(tiled.tiles_encoded / seconds, 3)}
 
 
@@ -335,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --seam-model: the generator's pred_iou_thresh")
     parser.add_argument("--seam-stability-thresh", type=float, default=0.95,
                         help="with --seam-model: the generator's stability_score_thresh")
+    parser.add_argument("--seam-zoom", type=float,
+                        help="with --seam-model: look again at small objects this many times "
+                             "closer (effvit_sam.tiled_zoom; e.g. 2)")
     parser.add_argument("--overview", type=Path, help="with --seam-model: its overview picture")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="also write the report(s) as JSON")

@@ -46,6 +46,9 @@ def add_tiled_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     group.add_argument("--resume", type=Path, metavar="STATE",
                        help="everything mode: state file of finished tiles, written after each "
                             "batch; an existing one is resumed")
+    group.add_argument("--zoom-small", type=float, metavar="ZOOM",
+                       help="everything mode: decode small objects again ZOOM times closer "
+                            "(e.g. 2; effvit_sam.tiled_zoom): particles a few pixels across")
     group.add_argument("--cache-mb", type=float, default=256,
                        help="prompt mode: memory for cached tile embeddings (default 256 MB)")
     group.add_argument("--overview-size", type=int, default=2048,
@@ -110,6 +113,11 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--overview-size must be >= 16, got {args.overview_size}")
     if args.resume is not None and not args.everything:
         raise UserError("--resume applies to --everything only")
+    if args.zoom_small is not None and not (args.everything and 1 < args.zoom_small < math.inf):
+        raise UserError(f"--zoom-small applies to --everything and must be a number > 1, got "
+                        f"{args.zoom_small}")
+    if args.zoom_small is not None and args.min_mask_region_area:
+        raise UserError("--zoom-small does not combine with --min-mask-region-area")
     if args.crop_n_layers:
         raise UserError("--crop-n-layers is not used in tiled mode: the tiles are the crops")
 
@@ -152,7 +160,13 @@ def _run(args: argparse.Namespace, source, output: Path, fmt: str) -> int:
         tile = args.tile or generator.predictor.encoder_size
         overlap = args.overlap if args.overlap is not None else tile // 8
         check_tiling(tile, overlap)
-        tiled = TiledMaskGenerator(AutomaticTileSegmenter(generator), tile=tile,
+        if args.zoom_small is not None:
+            from ..tiled_zoom import ZoomTileSegmenter
+
+            segmenter = ZoomTileSegmenter(generator, zoom=args.zoom_small)
+        else:
+            segmenter = AutomaticTileSegmenter(generator)
+        tiled = TiledMaskGenerator(segmenter, tile=tile,
                                    overlap=overlap, batch_size=args.batch_size,
                                    merge_iou=args.merge_iou, progress=True)
         merged = tiled.generate_merged(source, state_path=args.resume)
