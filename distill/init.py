@@ -97,6 +97,8 @@ def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.in
                     raise CheckpointError(f"{what} {file} (mask head widened to {wide}): "
                                           f"{err}") from None
                 return
+            load_checkpoint(model, state, source=str(file))  # read once, errors name the file
+            return
         load_checkpoint(model, file)
         return
     if name != model.config.name:

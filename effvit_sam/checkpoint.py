@@ -128,14 +128,16 @@ def first_nonfinite(state_dict: dict[str, torch.Tensor]) -> str | None:
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | Path | dict[str, torch.Tensor], *,
-                    allow_nonfinite: bool = False) -> nn.Module:
+                    allow_nonfinite: bool = False, source: str | None = None) -> nn.Module:
     """Load a checkpoint (path or state dict) into ``model`` strictly; returns ``model``.
 
     Weights holding NaN or inf (a diverged run's) raise :class:`CheckpointError` naming the
     file and the first such tensor; ``allow_nonfinite=True`` loads them anyway (debugging).
+    ``source``: what errors call a state dict that was already read (its file), instead of
+    "state dict".
     """
     if isinstance(checkpoint, dict):
-        state_dict, source = checkpoint, "state dict"
+        state_dict, source = checkpoint, source or "state dict"
     else:
         state_dict, source = read_state_dict(checkpoint), str(checkpoint)
     check_state_dict(model, state_dict, source=source)

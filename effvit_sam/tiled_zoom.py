@@ -70,6 +70,14 @@ def zoom_window(box_xywh, zoom: float, height: int, width: int) -> tuple[int, in
     return x0, y0, x0 + sw, y0 + sh
 
 
+def tile_segmenter(generator, zoom: float | None = None) -> AutomaticTileSegmenter:
+    """The tile segmenter of tiled everything mode: SAM's generator per tile, with the zoomed
+    second look at small objects when ``zoom`` is given."""
+    if zoom is None:
+        return AutomaticTileSegmenter(generator)
+    return ZoomTileSegmenter(generator, zoom=zoom)
+
+
 def _nms(records: list[dict], iou: float) -> list[int]:
     """Indices of ``records`` kept by SAM's box NMS (its boxes: inclusive pixel extents, scored
     by predicted IoU), best first."""
@@ -179,15 +187,17 @@ class ZoomTileSegmenter(AutomaticTileSegmenter):
                                     "labels": np.array([1])})
                 results = predictor.predict_batch(prompts, multimask_output=True,
                                                   return_logits=True)
-                best = [(logits[int(np.argmax(scores))], float(scores.max()))
-                        for logits, scores, _ in results]
-                masks = [logits > predictor.mask_threshold if (logits > predictor.mask_threshold)
-                         .any() else old for (logits, _), old in zip(best, masks, strict=True)]
+                best = []  # (logits, score, mask) of each record's best-scored zoomed mask
+                for logits, scores, _ in results:
+                    chosen = logits[int(np.argmax(scores))]
+                    best.append((chosen, float(scores.max()), chosen > predictor.mask_threshold))
+                # the next click goes inside the zoomed mask (the previous one if it is empty)
+                masks = [zoomed if zoomed.any() else old
+                         for (_, _, zoomed), old in zip(best, masks, strict=True)]
         finally:
             predictor.reset_image()
         self.looked_again += len(records)
-        for r, rect, (logits, score) in zip(records, rects, best, strict=True):
-            mask = logits > predictor.mask_threshold
+        for r, rect, (logits, score, mask) in zip(records, rects, best, strict=True):
             if score <= r["predicted_iou"] or not mask.any() or \
                     _meets_inner_edge(mask, rect, height, width):
                 continue

@@ -55,6 +55,21 @@ def tiny_model():
     return build_sam("efficientvit-sam-tiny").eval()
 
 
+@pytest.fixture
+def trained_tiny(tmp_path):
+    """``efficientvit-sam-tiny`` with weights no random initialisation would draw (each moved by
+    0.1 x N(0, 1)), in eval mode, and the ``save_pretrained`` folder holding them."""
+    from effvit_sam.checkpoint import save_pretrained
+
+    torch.manual_seed(0)
+    model = build_sam("efficientvit-sam-tiny").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_pretrained(model, tmp_path / "trained")
+    return model, tmp_path / "trained"
+
+
 @pytest.fixture()
 def one_thread():
     """One intra-op thread for the training tests: faster on a shared 2-core box, and the same

@@ -18,24 +18,13 @@ TINY = "efficientvit-sam-tiny"  # depths (1, 1, 1, 1, 1): res, fmb, fmb, mb, att
 DEEPER = {"encoder.depths": [1, 2, 1, 3, 3]}
 
 
-@pytest.fixture
-def trained(tmp_path):
-    torch.manual_seed(0)
-    model = build_sam(TINY).eval()
-    with torch.no_grad():  # weights no random initialisation would draw
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    save_pretrained(model, tmp_path / "trained")
-    return model, tmp_path / "trained"
-
-
 def _embed(model, image):
     with torch.no_grad():
         return model.image_encoder(image)
 
 
-def test_deeper_backbone_draws_what_the_shallow_one_drew(trained, tmp_path):
-    old, path = trained
+def test_deeper_backbone_draws_what_the_shallow_one_drew(trained_tiny, tmp_path):
+    old, path = trained_tiny
     torch.manual_seed(5)
     model = build_model(ModelConfig(name=TINY, init=str(path), sizes=DEEPER)).eval()
     assert model.config.encoder.depths == (1, 2, 1, 3, 3)
@@ -66,19 +55,22 @@ def test_deeper_backbone_draws_what_the_shallow_one_drew(trained, tmp_path):
     assert from_pretrained(tmp_path / "deep").config.encoder.depths == (1, 2, 1, 3, 3)
 
 
-def test_same_depth_is_not_deepened_and_shallower_is_refused(trained):
-    old, path = trained
+def test_same_depth_is_not_deepened_and_shallower_is_refused(trained_tiny):
+    old, path = trained_tiny
     state = old.state_dict()
     assert not is_shallower(state, build_sam(TINY))
     deeper = build_model(ModelConfig(name=TINY, sizes=DEEPER))
     assert is_shallower(state, deeper)
     with pytest.raises(ValueError, match="every stage must keep or gain blocks"):
         deepen_encoder(deeper.state_dict(), build_sam(TINY))
-    # a model shallower than its init: the strict load names the blocks it cannot take
+    # a model shallower than its init: the strict load names the file and the blocks it cannot
+    # take (the weights are read once, the error still says where from)
     save_pretrained(deeper, path.parent / "deep")
     with pytest.raises(CheckpointError,
-                       match=r"unexpected keys \(70\): image_encoder.backbone.stages.1.op_list.2"):
+                       match=r"unexpected keys \(70\): image_encoder.backbone.stages.1.op_list.2"
+                       ) as err:
         build_model(ModelConfig(name=TINY, init=str(path.parent / "deep")))
+    assert str(err.value).startswith(f"{path.parent / 'deep' / 'model.safetensors'} does not fit")
 
 
 def test_every_new_block_starts_as_an_identity():

@@ -9,7 +9,6 @@ import torch
 
 from distill.config import ConfigError, ModelConfig, load_config
 from distill.init import build_model
-from effvit_sam import build_sam
 from effvit_sam.build import from_pretrained
 from effvit_sam.checkpoint import CheckpointError, save_pretrained
 
@@ -17,17 +16,6 @@ TINY = "efficientvit-sam-tiny"  # 32-wide decoder, encoder out_dim 32
 WIDER = {"prompt_embed_dim": 64, "decoder_heads": 4, "encoder.out_dim": 64}
 FRESH = ["image_encoder.neck.output_ops.", "image_encoder.norm.", "prompt_encoder.",
          "mask_decoder."]
-
-
-@pytest.fixture
-def trained(tmp_path):
-    torch.manual_seed(0)
-    model = build_sam(TINY).eval()
-    with torch.no_grad():  # weights no random initialisation would draw
-        for p in model.parameters():
-            p.add_(1.0)
-    save_pretrained(model, tmp_path / "trained")
-    return model, tmp_path / "trained"
 
 
 def test_sizes_change_the_variant_and_are_recorded(tmp_path):
@@ -50,23 +38,23 @@ def test_bad_sizes_are_config_errors_before_a_run(sizes, message):
         load_config("smoke_phase2", [f"model.sizes={{{key}: {value}}}"])
 
 
-def test_init_fresh_keeps_the_trained_encoder_and_a_new_decoder(trained):
-    old, path = trained
+def test_init_fresh_keeps_the_trained_encoder_and_a_new_decoder(trained_tiny):
+    old, path = trained_tiny
     torch.manual_seed(3)
     model = build_model(ModelConfig(name=TINY, init=str(path), sizes=WIDER, init_fresh=FRESH))
     new, before = model.state_dict(), old.state_dict()
     kept = [k for k in new if not any(k.startswith(p) for p in FRESH)]
     assert kept and all(torch.equal(new[k], before[k]) for k in kept)
     assert any(k.startswith("image_encoder.backbone") for k in kept)
-    # the fresh parts are the random initialisation (not the +1 trained values)
+    # the fresh parts are the random initialisation (not the perturbed trained values)
     torch.manual_seed(3)
     reference = build_model(ModelConfig(name=TINY, sizes=WIDER)).state_dict()
     fresh = [k for k in new if k not in kept]
     assert fresh and all(torch.equal(new[k], reference[k]) for k in fresh)
 
 
-def test_init_fresh_errors_name_the_problem(trained):
-    _, path = trained
+def test_init_fresh_errors_name_the_problem(trained_tiny):
+    _, path = trained_tiny
     with pytest.raises(CheckpointError, match="prefix 'mask_decoderX.' names no weight"):
         build_model(ModelConfig(name=TINY, init=str(path), init_fresh=["mask_decoderX."]))
     # a part whose shape changed but is not declared fresh: the strict load says which

@@ -74,17 +74,6 @@ def wafer_tile():
     return generator, image, encoded, window, rect, particles
 
 
-def _tile_masks(found, rect):
-    out = []
-    for crop, _, _ in found:
-        full = np.zeros((rect[3] - rect[1], rect[2] - rect[0]), bool)
-        h, w = crop.mask.shape
-        full[crop.y0 - rect[1]: crop.y0 - rect[1] + h, crop.x0 - rect[0]: crop.x0 - rect[0] + w] \
-            = crop.mask
-        out.append(full)
-    return out
-
-
 def _generator(points_per_side: int):
     return EfficientViTSamAutomaticMaskGenerator(
         from_pretrained(WAFER_MODEL), points_per_side=points_per_side, pred_iou_thresh=0.5,
@@ -118,7 +107,7 @@ def test_small_objects_are_looked_at_again_and_found(wafer_tile):
     assert all(iou > 0.5 and stability >= 0.8 for _, iou, stability in found)
     records = [{"bbox": list(crop.bbox_xywh), "predicted_iou": iou} for crop, iou, _ in found]
     assert _nms(records, generator.box_nms_thresh) == list(range(len(found)))
-    best = [[max((mask_iou(m, p) for m in _tile_masks(f, rect)), default=0.0)
+    best = [[max((mask_iou(m, p) for m in (c.region(rect) for c, _, _ in f)), default=0.0)
              for p in particles] for f in (plain, found)]
     # the plain generator misses one particle (best IoU ~0), the zoomed look finds both
     assert min(best[0]) < 0.1 and min(best[1]) > 0.5, best

@@ -276,18 +276,14 @@ def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, sourc
     objects (``found``: how well the tiles see them, seams or not); the overview
     picture to ``--overview``."""
     from ..automatic import EfficientViTSamAutomaticMaskGenerator
-    from ..tiled_everything import AutomaticTileSegmenter, TiledMaskGenerator
+    from ..tiled_everything import TiledMaskGenerator
+    from ..tiled_zoom import tile_segmenter
 
     generator = EfficientViTSamAutomaticMaskGenerator(
         model, points_per_side=args.seam_points_per_side, output_mode="binary_mask",
         pred_iou_thresh=args.seam_pred_iou_thresh,
         stability_score_thresh=args.seam_stability_thresh, fast=not args.no_fast)
-    if args.seam_zoom is not None:
-        from ..tiled_zoom import ZoomTileSegmenter
-
-        segmenter = ZoomTileSegmenter(generator, zoom=args.seam_zoom)
-    else:
-        segmenter = AutomaticTileSegmenter(generator)
+    segmenter = tile_segmenter(generator, args.seam_zoom)
     tiled = TiledMaskGenerator(segmenter, tile=tile, overlap=overlap,
                                batch_size=args.batch_size, progress=True)
     t = time.perf_counter()

@@ -145,11 +145,8 @@ def _run(args: argparse.Namespace, source, output: Path, fmt: str) -> int:
     print(weights.description)
     if args.everything:
         from ..automatic import EfficientViTSamAutomaticMaskGenerator
-        from ..tiled_everything import (
-            AutomaticTileSegmenter,
-            TiledMaskGenerator,
-            merged_record,
-        )
+        from ..tiled_everything import TiledMaskGenerator, merged_record
+        from ..tiled_zoom import tile_segmenter
 
         generator = EfficientViTSamAutomaticMaskGenerator(
             model, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
@@ -160,13 +157,7 @@ def _run(args: argparse.Namespace, source, output: Path, fmt: str) -> int:
         tile = args.tile or generator.predictor.encoder_size
         overlap = args.overlap if args.overlap is not None else tile // 8
         check_tiling(tile, overlap)
-        if args.zoom_small is not None:
-            from ..tiled_zoom import ZoomTileSegmenter
-
-            segmenter = ZoomTileSegmenter(generator, zoom=args.zoom_small)
-        else:
-            segmenter = AutomaticTileSegmenter(generator)
-        tiled = TiledMaskGenerator(segmenter, tile=tile,
+        tiled = TiledMaskGenerator(tile_segmenter(generator, args.zoom_small), tile=tile,
                                    overlap=overlap, batch_size=args.batch_size,
                                    merge_iou=args.merge_iou, progress=True)
         merged = tiled.generate_merged(source, state_path=args.resume)
