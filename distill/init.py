@@ -12,6 +12,7 @@ shape) and refuses NaN/inf weights, so a run never starts from weights it did no
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,7 +98,11 @@ def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.in
                     raise CheckpointError(f"{what} {file} (mask head widened to {wide}): "
                                           f"{err}") from None
                 return
-            load_checkpoint(model, state, source=str(file))  # read once, errors name the file
+            try:
+                load_checkpoint(model, state, source=str(file))  # read once, errors name the file
+            except CheckpointError as err:
+                hint = _depths_hint(file, model)
+                raise (CheckpointError(f"{err}\n{hint}") if hint else err) from None
             return
         load_checkpoint(model, file)
         return
@@ -112,6 +117,21 @@ def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.in
         load_checkpoint(model, source.state_dict())
     except CheckpointError as err:
         raise CheckpointError(f"{what} {path}: {err}") from None
+
+
+def _depths_hint(file: Path, model: EfficientViTSam) -> str | None:
+    """What to set when ``file`` sits beside a ``config.json`` whose encoder has other depths
+    than ``model``'s (a deepened run's ``pretrained/``), else None."""
+    config = file.parent / "config.json"
+    try:
+        depths = json.loads(config.read_text())["config"]["encoder"]["depths"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if list(depths) == list(model.config.encoder.depths):
+        return None
+    return (f"{config} gives encoder depths {list(depths)}, the model has "
+            f"{list(model.config.encoder.depths)}: set model.sizes: {{encoder.depths: "
+            f"{list(depths)}}}")
 
 
 def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:

@@ -71,6 +71,12 @@ def test_same_depth_is_not_deepened_and_shallower_is_refused(trained_tiny):
                        ) as err:
         build_model(ModelConfig(name=TINY, init=str(path.parent / "deep")))
     assert str(err.value).startswith(f"{path.parent / 'deep' / 'model.safetensors'} does not fit")
+    # its config.json says what the model should have been: the error says what to set
+    assert str(err.value).endswith("encoder depths [1, 2, 1, 3, 3], the model has [1, 1, 1, 1, 1]: "
+                                   "set model.sizes: {encoder.depths: [1, 2, 1, 3, 3]}")
+    # with the sizes set, the same folder loads
+    model = build_model(ModelConfig(name=TINY, init=str(path.parent / "deep"), sizes=DEEPER))
+    assert model.config.encoder.depths == (1, 2, 1, 3, 3)
 
 
 def test_every_new_block_starts_as_an_identity():
