@@ -96,6 +96,22 @@ def test_cli_prints_the_local_url_and_the_page_warns_about_random_weights(server
     assert banners and banners[0].get("visible", True) is True
 
 
+def test_sessions_beyond_capacity_are_dropped(server, tmp_path):
+    # The first test with API clients: Gradio keeps MAX_SESSIONS states in one LRU for the whole
+    # server, and every event of a session it does not hold makes a new one, so late events of
+    # earlier tests' clients (their tabs closing, on a loaded machine) could evict the newest
+    # session here (it happened once, beside a training run).
+    image = _solid(tmp_path / "s.png", (32, 32), (90, 90, 90))
+    clients = [_client(server) for _ in range(MAX_SESSIONS + 1)]
+    for c in clients:
+        c.predict(handle_file(str(image)), api_name="/upload")
+    # The least recently used session lost its image and embedding, and is told so; the newest
+    # kept them.
+    with pytest.raises(Exception, match=re.escape(SESSION_EXPIRED)):
+        clients[0].predict(5, 5, "point", False, True, api_name="/click")
+    clients[-1].predict(5, 5, "point", False, True, api_name="/click")
+
+
 @pytest.mark.parametrize("random_weights", [True, False])
 def test_the_banner_shows_exactly_when_the_weights_are_random(random_weights):
     import gradio as gr
@@ -205,18 +221,6 @@ def test_greyscale_rgba_16bit_and_palette_uploads_are_shown_as_rgb(server, tmp_p
         np.testing.assert_array_equal(_image(overlay), expected, err_msg=mode)
         overlay, _, status, *_ = c.predict(5, 5, "point", False, True, api_name="/click")
         assert _image(overlay).shape == expected.shape and "**decoder**" in status, mode
-
-
-def test_sessions_beyond_capacity_are_dropped(server, tmp_path):
-    image = _solid(tmp_path / "s.png", (32, 32), (90, 90, 90))
-    clients = [_client(server) for _ in range(MAX_SESSIONS + 1)]
-    for c in clients:
-        c.predict(handle_file(str(image)), api_name="/upload")
-    # The least recently used session lost its image and embedding, and is told so; the newest
-    # kept them.
-    with pytest.raises(Exception, match=re.escape(SESSION_EXPIRED)):
-        clients[0].predict(5, 5, "point", False, True, api_name="/click")
-    clients[-1].predict(5, 5, "point", False, True, api_name="/click")
 
 
 # -- real browser --------------------------------------------------------------------------------
