@@ -9,8 +9,9 @@ ones ``effvit-sam eval box|point`` reports for the same weights and images.
   (``eval point``'s ``mIoU@1click``; later rounds never change the first).
 
 Under DDP every process evaluates its slice of the images (``run_evaluation`` slices them and
-gathers the records on the main process, which scores them); the scores are then broadcast so
-every rank takes the same best-checkpoint and early-stop decisions.
+gathers the records on the main process, which scores them) with the main process's buffers,
+so the figures are those of the weights it saves; the scores are then broadcast so every rank
+takes the same best-checkpoint and early-stop decisions.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ class BestSoFar:
         self.bad_evals = int(state["bad_evals"])
 
 
+def _main_process_buffers(model: nn.Module, accelerator) -> None:
+    """Give every rank the main process's buffers (BatchNorm statistics) before it evaluates.
+
+    A forward in train mode moves each rank's statistics with its own batch, and DDP sends the
+    main process's to the others only at the next forward: the ranks evaluated slightly
+    different models, and the logged figures were not those of the saved weights (the main
+    process's). Training is unchanged: its next forward receives the same buffers anyway."""
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 class Validator:
     """The ``eval`` section of a run: when to evaluate, what, and the best so far.
 
@@ -96,6 +111,7 @@ class Validator:
         """
         from accelerate.utils import gather_object
 
+        _main_process_buffers(model, accelerator)
         predictor = SamBatchPredictor(model, device=accelerator.device,
                                       max_prompts=self.cfg.max_prompts)
         values = {}

@@ -279,7 +279,7 @@ def test_two_process_validation_reports_the_single_process_figures(shards, val_s
     import sys
 
     out = tmp_path / "ddp"
-    overrides = _overrides(shards, out, "train.steps=2", "train.freeze=[image_encoder]",
+    overrides = _overrides(shards, out, "train.steps=2",
                            *_eval_overrides(val_set, "eval.every=2"))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
