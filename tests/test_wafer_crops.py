@@ -13,7 +13,7 @@ from distill.wafer_crops import MIN_VISIBLE_AREA, wafer_crop, write_crops
 from effvit_sam import cli
 from effvit_sam.masks import rle_to_mask
 from effvit_sam.tiled_masks import CroppedMask
-from effvit_sam.tools import bench_tiled
+from effvit_sam.tools import bench_tiled, tiled_recall
 
 
 def test_crop_labels_are_the_wafer_ground_truth_clipped_to_the_window():
@@ -72,18 +72,32 @@ def test_seam_recall_counts_each_category_and_misses_what_is_not_merged():
         def __init__(self, obj):
             self.rle, self.bbox_xywh = obj.to_rle(), obj.bbox_xywh
 
-    hits, totals = bench_tiled._seam_recall(crossing, [Merged(o) for _, o in found])
+    hits, totals = tiled_recall.recall(crossing, [Merged(o) for _, o in found])
     assert hits == totals and sum(totals.values()) == len(crossing) and totals["die"] >= 3
     dropped = next(k for k, _ in crossing if k != "die")
     kept = [Merged(o) for k, o in crossing if k != dropped]
-    hits, _ = bench_tiled._seam_recall(crossing, kept, "exact")
+    hits, _ = tiled_recall.recall(crossing, kept, "exact")
     assert hits[dropped] == 0 and hits["die"] == totals["die"]
     # A mask of 70 % of each die: found (IoU 0.7 >= 0.5), not precise (< 0.9).
     dies = [o for k, o in crossing if k == "die"]
     parts = [Merged(CroppedMask.from_window(o.mask[:, : o.mask.shape[1] * 7 // 10], o.x0, o.y0,
                                             size)) for o in dies]
-    assert bench_tiled._seam_recall(crossing, parts)[0].get("die", 0) == 0
-    assert bench_tiled._seam_recall(crossing, parts, iou=0.5)[0]["die"] == len(dies)
+    assert tiled_recall.recall(crossing, parts)[0].get("die", 0) == 0
+    assert tiled_recall.recall(crossing, parts, iou=0.5)[0]["die"] == len(dies)
+    # The other side: masks no object explains at IoU 0.5. The exact masks and the 70 % dies are
+    # all explained; a mask of a street, and a box far larger than a particle, are not.
+    exact = [Merged(o) for _, o in found]
+    assert tiled_recall.unmatched(exact, found) == 0
+    assert tiled_recall.unmatched(parts, found) == 0
+    # a box of twice the sides around a particle: it covers the particle, at IoU < 0.5
+    particle = next(o for k, o in found if k == "particle")
+    h, w = particle.mask.shape
+    around = CroppedMask.from_window(np.ones((2 * h, 2 * w), bool), max(0, particle.x0 - w // 2),
+                                     max(0, particle.y0 - h // 2), size)
+    street = np.ones((3, 40), bool)  # a thin strip at the image's corner
+    junk = [Merged(around),
+            Merged(CroppedMask.from_window(street, 0, 0, size))]
+    assert tiled_recall.unmatched(exact + junk, found) == 2
 
 
 def test_bench_seam_model_part_reports_recall_and_writes_the_overview(tmp_path):
@@ -103,6 +117,7 @@ def test_bench_seam_model_part_reports_recall_and_writes_the_overview(tmp_path):
         loose = seams["per_category_iou_0.5"][kind]
         assert loose.split("/")[1] == strict.split("/")[1]
         assert int(loose.split("/")[0]) >= int(strict.split("/")[0])
+    assert 0 <= seams["masks_matching_no_object"] <= seams["merged_masks"]
     assert (seams["pred_iou_thresh"], seams["stability_score_thresh"]) == (0.88, 0.95)
     with Image.open(tmp_path / "ov.png") as im:
         assert im.size == (300, 300)

@@ -15,7 +15,8 @@ objects recovered as one mask with IoU >= 0.9. (2) Tiles/s of the automatic gene
 a time, over the first ``--throughput-tiles`` tiles, and of the encoder alone. (3) Peak RSS.
 (4) With ``--seam-model``: the model's everything mode over the whole wafer and the share of
 seam-crossing objects it recovers as one mask, per category (a trained model: a random-weight
-one recovers nothing), with an overview picture (``--overview``).
+one recovers nothing), the share of all objects, and how many of its masks match no object at
+IoU 0.5 (:mod:`.tiled_recall`), with an overview picture (``--overview``).
 
 Each part runs in a child process of its own, so each peak RSS (``VmHWM``) is that part's.
 """
@@ -36,9 +37,9 @@ import numpy as np
 from ..errors import UserError
 from ..tiled import Window, tile_grid
 from ..tiled_masks import CroppedMask, intersect
+from .tiled_recall import FOUND_IOU, recall, unmatched
 
 PROG = "effvit-sam bench-tiled"
-SEAM_IOU = 0.9
 
 
 def peak_rss_mb() -> float:
@@ -77,18 +78,6 @@ class GroundTruthSegmenter:
             if crop.mask.size:
                 found.append((crop, 1.0, 1.0))
         return found
-
-
-def rle_iou(a: dict, b: dict) -> float:
-    """IoU of two compressed RLEs of one image (pycocotools, on the runs)."""
-    from pycocotools import mask as mask_utils
-
-    code = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in (a, b)]
-    return float(mask_utils.iou(code[:1], code[1:], [0])[0][0])
-
-
-def _boxes_meet(a: list[float], b: list[float]) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def _wafer(workdir: Path, size: int, tile: int, overlap: int, seed: int):
@@ -208,7 +197,7 @@ def run_everything(args: argparse.Namespace) -> dict:
                                 batch_size=args.batch_size, progress=True)
     merged = oracle.generate_merged(source)
     merge_seconds = time.perf_counter() - t
-    recovered, exact = (sum(v for v in _seam_recall(crossing, merged, key)[0].values())
+    recovered, exact = (sum(v for v in recall(crossing, merged, key)[0].values())
                         for key in ("iou", "exact"))
     report = {"part": "everything", "size": args.everything_size, "tile": tile,
               "overlap": overlap, "tiles": len(tile_grid(*size, tile, overlap)),
@@ -249,24 +238,6 @@ def run_everything(args: argparse.Namespace) -> dict:
     return report
 
 
-def _seam_recall(crossing: list[tuple[str, CroppedMask]], merged: list, key: str = "iou",
-                 iou: float = SEAM_IOU) -> tuple[dict[str, int], dict[str, int]]:
-    """Per category: how many seam-crossing objects one merged mask recovers (``key`` "iou":
-    mask IoU >= ``iou``; "exact": the same RLE), and how many there are."""
-    hits: dict[str, int] = {}
-    totals: dict[str, int] = {}
-    for kind, obj in crossing:
-        rle = obj.to_rle()
-        near = [m for m in merged if _boxes_meet(obj.bbox_xywh, m.bbox_xywh)]
-        if key == "exact":
-            hit = any(m.rle == rle for m in near)
-        else:
-            hit = max((rle_iou(rle, m.rle) for m in near), default=0.0) >= iou
-        hits[kind] = hits.get(kind, 0) + int(hit)
-        totals[kind] = totals.get(kind, 0) + 1
-    return hits, totals
-
-
 def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, source,
                  crossing: list[tuple[str, CroppedMask]],
                  found: list[tuple[str, CroppedMask]]) -> dict:
@@ -289,9 +260,9 @@ def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, sourc
     t = time.perf_counter()
     merged = tiled.generate_merged(source)
     seconds = time.perf_counter() - t
-    hits, totals = _seam_recall(crossing, merged)
-    loose, _ = _seam_recall(crossing, merged, iou=0.5)  # found as one mask, if imprecise
-    every, every_total = _seam_recall(found, merged)
+    hits, totals = recall(crossing, merged)
+    loose, _ = recall(crossing, merged, iou=FOUND_IOU)  # found as one mask, if imprecise
+    every, every_total = recall(found, merged)
     if args.overview is not None:
         from PIL import Image
 
@@ -314,6 +285,7 @@ def _model_seams(args: argparse.Namespace, model, tile: int, overlap: int, sourc
             "per_category": {k: f"{hits[k]}/{totals[k]}" for k in sorted(totals)},
             "per_category_iou_0.5": {k: f"{loose[k]}/{totals[k]}" for k in sorted(totals)},
             "all_objects_iou_0.9": {k: f"{every[k]}/{every_total[k]}" for k in sorted(every_total)},
+            "masks_matching_no_object": unmatched(merged, found),
             "seconds": round(seconds, 1), "tiles_per_s": round(tiled.tiles_encoded / seconds, 3)}
 
 
