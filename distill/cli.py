@@ -121,9 +121,11 @@ def embed_mse_main(argv: list[str]) -> int:
     import torch
 
     from effvit_sam import build_sam
+    from effvit_sam.configs import get_config
     from effvit_sam.io import atomic_write
 
     from .cache import checked_shards
+    from .config import ConfigError, resized
     from .evaluate import embedding_mse
     from .init import load_init
     from .sa1b import collate_sa1b, sa1b_dataset
@@ -140,6 +142,9 @@ def embed_mse_main(argv: list[str]) -> int:
     student.add_argument("--student-random-init", action="store_true",
                          help="the random student that a phase-1 run with train.seed=SEED "
                          "starts from")
+    parser.add_argument("--student-depths", type=_depths, default=None,
+                        help="per-stage encoder depths of --student-model (a recipe's "
+                        "model.sizes: {encoder.depths: [...]}), e.g. 1,1,2,6,6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teacher-kind", choices=TEACHER_KINDS, default="sam")
     parser.add_argument("--teacher-name", default="vit_h")
@@ -151,15 +156,21 @@ def embed_mse_main(argv: list[str]) -> int:
     if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         parser.error("--batch-size and --max-images must be positive")
 
+    spec = get_config(args.student_model)
+    if args.student_depths is not None:
+        try:
+            spec = resized(spec, {"encoder.depths": args.student_depths})
+        except ConfigError as err:
+            parser.error(str(err).replace("model.sizes: ", "--student-depths: "))
     torch.manual_seed(args.seed)  # what the training engine does before building the student
     if args.student_random_init:
-        model = build_sam(args.student_model)
+        model = build_sam(spec)
     elif Path(args.student).is_dir():
         from effvit_sam.build import from_pretrained
 
         model = from_pretrained(args.student)
     else:
-        model = build_sam(args.student_model)
+        model = build_sam(spec)
         load_init(model, args.student, what="--student")
     if not Path(args.teacher).exists():
         raise UserError(f"--teacher {args.teacher}: no weights file or save_pretrained folder")
@@ -196,6 +207,14 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _depths(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers, got {text!r}") from None
 
 
 def _check_scene_args(seed: int, image_size: int) -> None:

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from distill.cache import cache_shard, cache_teacher, expand_urls, iter_tar_samples
-from distill.config import TeacherConfig, load_config
+from distill.config import ModelConfig, TeacherConfig, load_config
 from distill.evaluate import center_click, evaluate_miou
-from distill.init import load_decoder_from
+from distill.init import build_model, load_decoder_from
 from distill.run import run
 from distill.synthetic_writers import write_sa1b_shards
 from distill.teacher import build_teacher
@@ -246,6 +246,19 @@ def test_embed_mse_command_measures_student_against_teacher(shards, tmp_path) ->
     assert got["num_images"] == 5 and got["student"] == "random-init"
     assert got["embedding_mse"] == pytest.approx(expected, rel=1e-6)
     assert got["embedding_mse"] > 0.01
+    # a deepened student (a recipe's model.sizes): the random one a phase-1 run of it starts from
+    assert embed_mse_main([*common, "--student-random-init", "--student-depths", "1,2,1,2,2",
+                           "--seed", "2", "--max-images", "5",
+                           "--output", str(tmp_path / "deep.json")]) == 0
+    torch.manual_seed(2)
+    deep = build_model(ModelConfig(name="tiny", sizes={"encoder.depths": [1, 2, 1, 2, 2]}))
+    expected_deep = embedding_mse(deep.image_encoder, teacher,
+                                  [collate_sa1b(samples[:3]), collate_sa1b(samples[3:])])
+    assert json.loads((tmp_path / "deep.json").read_text())["embedding_mse"] == pytest.approx(
+        expected_deep, rel=1e-6)
+    assert abs(expected_deep - expected) > 1e-3  # not the shallow student's figure
+    with pytest.raises(SystemExit):
+        embed_mse_main([*common, "--student-random-init", "--student-depths", "1,2"])
 
 
 def test_phase1_student_takes_the_decoder_from_model_decoder_from(cache, tmp_path) -> None:
