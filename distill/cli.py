@@ -156,6 +156,9 @@ def embed_mse_main(argv: list[str]) -> int:
     if args.batch_size < 1 or (args.max_images is not None and args.max_images < 1):
         parser.error("--batch-size and --max-images must be positive")
 
+    if args.student_depths is not None and args.student and Path(args.student).is_dir():
+        parser.error(f"--student-depths: --student {args.student} is a save_pretrained folder, "
+                     "whose config.json gives the depths")
     spec = get_config(args.student_model)
     if args.student_depths is not None:
         try:

@@ -12,12 +12,18 @@ shape) and refuses NaN/inf weights, so a run never starts from weights it did no
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from effvit_sam import build_sam
-from effvit_sam.checkpoint import WEIGHTS_NAME, CheckpointError, load_checkpoint, read_state_dict
+from effvit_sam.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_checkpoint,
+    read_pretrained_config,
+    read_state_dict,
+)
 from effvit_sam.configs import get_config, resolve_name
 from effvit_sam.errors import UserError
 from effvit_sam.modeling import EfficientViTSam
@@ -120,18 +126,17 @@ def load_init(model: EfficientViTSam, path: str | Path, *, what: str = "model.in
 
 
 def _depths_hint(file: Path, model: EfficientViTSam) -> str | None:
-    """What to set when ``file`` sits beside a ``config.json`` whose encoder has other depths
-    than ``model``'s (a deepened run's ``pretrained/``), else None."""
-    config = file.parent / "config.json"
+    """What to set when ``file`` lies in a ``save_pretrained`` folder whose config has other
+    encoder depths than ``model``'s (a deepened run's ``pretrained/``), else None."""
     try:
-        depths = json.loads(config.read_text())["config"]["encoder"]["depths"]
-    except (OSError, ValueError, KeyError, TypeError):
+        depths = list(read_pretrained_config(file.parent).encoder.depths)
+    except CheckpointError:  # no folder config, or not one of ours: nothing to suggest
         return None
-    if list(depths) == list(model.config.encoder.depths):
+    own = list(model.config.encoder.depths)
+    if depths == own:
         return None
-    return (f"{config} gives encoder depths {list(depths)}, the model has "
-            f"{list(model.config.encoder.depths)}: set model.sizes: {{encoder.depths: "
-            f"{list(depths)}}}")
+    return (f"{file.parent / CONFIG_NAME} gives encoder depths {depths}, the model has {own}: "
+            f"set model.sizes: {{encoder.depths: {depths}}}")
 
 
 def load_decoder_from(model: EfficientViTSam, path: str | Path) -> None:

@@ -259,6 +259,9 @@ def test_embed_mse_command_measures_student_against_teacher(shards, tmp_path) ->
     assert abs(expected_deep - expected) > 1e-3  # not the shallow student's figure
     with pytest.raises(SystemExit):
         embed_mse_main([*common, "--student-random-init", "--student-depths", "1,2"])
+    with pytest.raises(SystemExit):  # a folder's config.json gives the depths: not both
+        embed_mse_main([*common, "--student", str(tmp_path / "teacher"),
+                        "--student-depths", "1,2,1,2,2"])
 
 
 def test_phase1_student_takes_the_decoder_from_model_decoder_from(cache, tmp_path) -> None:
