@@ -11,6 +11,7 @@
 #   bash distill/made_model_run.sh                 # everything, or continue where it stopped
 #   FROM=student bash distill/made_model_run.sh    # start at a stage: data teacher teacher_more
 #                                                  # teacher_eval cache student phase2 bundle
+#   ONLY=data bash distill/made_model_run.sh       # one stage only (e.g. remake the data)
 #   LIMIT=50 bash distill/made_model_run.sh        # quicker evals on the first 50 images
 # Training stages pass --resume auto: a killed run continues from run.out_dir/checkpoint.pt
 # (exactly: same batches, prompts and RNG draws), a finished one is trained again only if its
@@ -26,6 +27,7 @@ R=runs/made
 PY=${PY:-python}
 NPROC=${NPROC:-2}
 FROM=${FROM:-data}
+ONLY=${ONLY:-}
 EVAL=(--dataset coco --annotations $R/heldout_coco/annotations/instances_val.json
       --images $R/heldout_coco/images --device cpu ${LIMIT:+--limit $LIMIT})
 TEACHER=(--teacher-kind efficientvit --teacher-name efficientvit-sam-mini-teacher
@@ -66,10 +68,14 @@ committed() {  # committed RUN: copy distill/made_model_resume/RUN to $R/RUN unl
     fi
 }
 stages=(data teacher teacher_more teacher_eval cache student phase2 bundle)
+for name in "$FROM" ${ONLY:+"$ONLY"}; do
+    [[ " ${stages[*]} " == *" $name "* ]] || { echo "no stage '$name'; the stages: ${stages[*]}" >&2; exit 2; }
+done
 run=0
 for stage in "${stages[@]}"; do
     [[ $stage == "$FROM" ]] && run=1
     [[ $run == 1 ]] || continue
+    [[ -z $ONLY || $stage == "$ONLY" ]] || continue
     case $stage in
     data)  # training shards (seeds 0, 2 and 4: 4,500 images), a validation set for training's
         # own checks (seed 11), held-out shards and eval set (seed 7, make-eval-set defaults);
