@@ -162,18 +162,21 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
     # a prompt-independent "salient objects" mask). The student of the made-data distillation
     # (distill/made_model_run.sh). At 256 input the neck fuses stages 1, 3 and 4 (strides 4, 16,
     # 32), so the 64 x 64 embedding has stride-4 detail (not stride-8 features upsampled: many
-    # made objects are small) as well as the attention stage's context.
+    # made objects are small) as well as the attention stage's context. Depths 1,1,2,6,6 (0.48
+    # GMACs per 256 x 256 image) since the bundled model was distilled from the deepened teacher;
+    # the first bundled students had 1,1,1,2,2 (0.40 G: their recipes set model.sizes).
     "efficientvit-sam-mini": SamConfig(
         "efficientvit-sam-mini",
-        EncoderConfig(widths=(8, 16, 32, 48, 64), depths=(1, 1, 1, 2, 2), blocks=_L_BLOCKS,
+        EncoderConfig(widths=(8, 16, 32, 48, 64), depths=(1, 1, 2, 6, 6), blocks=_L_BLOCKS,
                       expands=(1, 2, 4, 4, 4), fewer_norm=_L_FEWER, attention_scales=(5,),
                       qkv_dim=16, neck_stages=(4, 3, 1), neck_width=64, neck_depth=1,
                       out_dim=64, input_size=256, embed_size=64),
         **_MINI_DECODER, single_mask="best_of_three",
     ),
     # Its teacher, trained from scratch on made data: the same prompt encoder and mask decoder
-    # (the student copies them, as EfficientViT-SAM's students copy SAM ViT-H's) behind an
-    # encoder of 4.9x the student's MACs (1.97 G vs 0.40 G per image at 256 x 256).
+    # (the student copies them, as EfficientViT-SAM's students copy SAM ViT-H's) behind a wider
+    # encoder (1.97 GMACs per 256 x 256 image at these depths; the bundled student's teacher,
+    # made_teacher_deeper, runs it at depths 1,1,4,8,8: 2.51 G, 5.2x the student's 0.48 G).
     "efficientvit-sam-mini-teacher": SamConfig(
         "efficientvit-sam-mini-teacher",
         EncoderConfig(widths=(16, 32, 64, 96, 128), depths=(1, 1, 2, 2, 2), blocks=_L_BLOCKS,

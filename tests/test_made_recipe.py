@@ -44,17 +44,26 @@ def test_resume_auto_starts_fresh_without_a_checkpoint(tmp_path) -> None:
 
 
 def test_teacher_encoder_has_at_least_4x_the_student_macs() -> None:
+    """The pair as the bundled student's recipe builds them: the teacher of
+    made_teacher_deeper (depths 1,1,4,8,8) and the student of made_student_deep_phase1."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from effvit_sam import build_sam
+    from distill.config import resized
+    from effvit_sam import build_sam, get_config
 
     macs = {}
-    for name in ("efficientvit-sam-mini", "efficientvit-sam-mini-teacher"):
-        model = build_sam(name).eval()
+    for recipe in ("made_teacher_deeper", "made_student_deep_phase1"):
+        model_cfg = load_config(recipe).model
+        model = build_sam(resized(get_config(model_cfg.name), model_cfg.sizes)).eval()
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model.encode(torch.zeros(1, 3, 256, 256))
-        macs[name] = counter.get_total_flops() / 2
-    assert macs["efficientvit-sam-mini-teacher"] >= 4 * macs["efficientvit-sam-mini"]
+        macs[recipe] = counter.get_total_flops() / 2
+    assert macs["made_teacher_deeper"] / 1e9 == pytest.approx(2.51, abs=0.01)
+    assert macs["made_student_deep_phase1"] / 1e9 == pytest.approx(0.48, abs=0.01)
+    assert macs["made_teacher_deeper"] >= 4 * macs["made_student_deep_phase1"]
+    # and the registry's mini is that student (what from_pretrained("mini") builds)
+    assert get_config("mini").encoder.depths == tuple(
+        load_config("made_student_deep_phase1").model.sizes["encoder.depths"])
 
 
 def test_export_pretrained_writes_a_loadable_folder(tmp_path) -> None:

@@ -34,8 +34,8 @@ def test_mini_variant_shape() -> None:
     assert (cfg.decoder_depth, cfg.decoder_heads, cfg.hub_file) == (2, 4, None)
     with torch.device("meta"):
         model = build_sam("mini")
-    assert sum(p.numel() for p in model.parameters()) == 657_456
-    assert sum(p.numel() for p in model.image_encoder.parameters()) == 464_360
+    assert sum(p.numel() for p in model.parameters()) == 1_038_064
+    assert sum(p.numel() for p in model.image_encoder.parameters()) == 844_968
     assert resolve_name("l0") == resolve_name("EfficientViT_SAM_L0") == "efficientvit-sam-l0"
     with pytest.raises(KeyError, match="valid names: efficientvit-sam-l0"):
         build_sam("efficientvit-sam-l9")
