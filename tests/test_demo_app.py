@@ -33,6 +33,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 MAX_SESSIONS = 3
+SHARED_SESSIONS = 64
 MARKER_COLORS = [np.array(c, np.uint8) for c in (FOREGROUND, BACKGROUND, BOX_COLOR, OUTLINE)]
 STARTUP_S = 240  # importing torch + gradio on a busy 2-core machine
 EXAMPLE = Path(__file__).resolve().parents[1] / "demo" / "examples" / "shapes.jpg"
@@ -42,18 +43,32 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def server():
+def _serve(max_sessions: int):
     """The demo CLI with the tiny model and random weights; yields its printed URL."""
     port = free_port()
     try:
         proc, url = start_server(model="efficientvit-sam-tiny", port=port, points_per_side=4,
-                                 max_sessions=MAX_SESSIONS, startup_s=STARTUP_S)
+                                 max_sessions=max_sessions, startup_s=STARTUP_S)
     except UserError as err:
         pytest.fail(str(err))
     yield {"url": url, "port": port, "log": proc.log}
     code = stop_server(proc)
     assert code == 0, "the demo should shut down cleanly on SIGTERM:\n" + "".join(proc.log)
+
+
+@pytest.fixture(scope="module")
+def server():
+    # Room for every session of the module's tests at once: Gradio keeps the states in one LRU
+    # for the whole server, and every event of a session it does not hold makes a new one, so
+    # late events of an earlier test's clients (their tabs closing, on a loaded machine) must
+    # not evict a later test's session (with room for 3 they did, beside a training run).
+    yield from _serve(SHARED_SESSIONS)
+
+
+@pytest.fixture()
+def small_server():
+    """A server of its own for the capacity test, so no other test's clients count."""
+    yield from _serve(MAX_SESSIONS)
 
 
 def _solid(path: Path, size_wh: tuple[int, int], color: tuple[int, int, int]) -> Path:
@@ -96,11 +111,8 @@ def test_cli_prints_the_local_url_and_the_page_warns_about_random_weights(server
     assert banners and banners[0].get("visible", True) is True
 
 
-def test_sessions_beyond_capacity_are_dropped(server, tmp_path):
-    # The first test with API clients: Gradio keeps MAX_SESSIONS states in one LRU for the whole
-    # server, and every event of a session it does not hold makes a new one, so late events of
-    # earlier tests' clients (their tabs closing, on a loaded machine) could evict the newest
-    # session here (it happened once, beside a training run).
+def test_sessions_beyond_capacity_are_dropped(small_server, tmp_path):
+    server = small_server
     image = _solid(tmp_path / "s.png", (32, 32), (90, 90, 90))
     clients = [_client(server) for _ in range(MAX_SESSIONS + 1)]
     for c in clients:
