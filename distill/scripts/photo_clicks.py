@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from effvit_sam import from_pretrained
+from effvit_sam.io import read_image
 from effvit_sam.predictor import EfficientViTSamPredictor
 from effvit_sam.visualize import overlay_masks
 
@@ -37,16 +38,15 @@ def parse_click(spec: str) -> tuple[str, tuple[float, float]]:
 
 def model_row(title: str, predictor: EfficientViTSamPredictor, clicks) -> Image.Image:
     tiles = []
-    for path, (x, y) in clicks:
-        image = np.array(Image.open(path).convert("RGB"))
+    for path, image, (x, y) in clicks:
         predictor.set_image(image)
         point = np.array([[x, y]], np.float32)
         masks, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]),
                                              multimask_output=False)
         print(f"{title}: {path} at {x:g},{y:g}: {int(masks[0].sum())} px, "
               f"predicted IoU {float(scores[0]):.3f}")
-        picture = overlay_masks(image, masks[:1], points=point, labels=np.array([1]))
-        picture = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
+        picture = Image.fromarray(overlay_masks(image, masks[:1], points=point,
+                                                labels=np.array([1])))
         width = round(picture.width * ROW_HEIGHT / picture.height)
         tiles.append(picture.resize((width, ROW_HEIGHT)))
     row = Image.new("RGB", (sum(t.width for t in tiles) + 6 * (len(tiles) - 1),
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 4:
         sys.exit(__doc__)
     out, before, after, *specs = argv
-    clicks = [parse_click(spec) for spec in specs]
+    clicks = [(path, read_image(path), xy) for path, xy in map(parse_click, specs)]
     rows = []
     for label, spec in (("before", before), ("after", after)):
         title, _, name = spec.rpartition("=")
