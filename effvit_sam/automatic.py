@@ -43,9 +43,9 @@ from torchvision.ops.boxes import batched_nms, box_area
 from tqdm import tqdm
 
 from . import geometry
-from .inference import FastPathOptions
+from .inference import FastPathOptions, mask_upscale
 from .inference.decoder import FastMaskDecoder
-from .mask_rle import extend_mask_data, uncrop_rles_transposed
+from .mask_rle import crop_runs_transposed, extend_mask_data, rles_from_runs
 from .masks import inclusive_box_to_xywh
 from .predictor import EfficientViTSamPredictor, EncodedImage
 from .predictor_inputs import as_rgb_image
@@ -275,38 +275,53 @@ class EfficientViTSamAutomaticMaskGenerator:
         crop_h, crop_w = encoded.original_size
         per_mask = max(crop_h * crop_w * 4, orig_size[0] * crop_w * 3)
         step = max(1, _CHUNK_BYTES // per_mask)
-        threshold = predictor.mask_threshold
         # Upscaled transposed (crop columns as rows): bilinear resizing is separable, so this is
         # the same interpolation, and the masks come out in the column-major order of RLEs.
         low_res_t = low_res.transpose(-1, -2)
         input_t = tuple(encoded.input_size[::-1])
         for i in range(0, len(low_res), step):
-            logits_t = geometry.postprocess_masks_lean(
-                low_res_t[i: i + step, None], input_t, (crop_w, crop_h),
-                predictor.prompt_frame)[:, 0]
+            masks_t, stability = self._upscale_transposed(low_res_t[i: i + step], input_t,
+                                                          (crop_w, crop_h))
             chunk = MaskData(iou_preds=iou[i: i + step], points=pts[i: i + step],
-                             stability_score=calculate_stability_score(
-                                 logits_t, threshold, self.stability_score_offset))
+                             stability_score=stability)
             if self.stability_score_thresh > 0.0:
                 keep = chunk["stability_score"] >= self.stability_score_thresh
                 chunk.filter(keep)
-                logits_t = logits_t[keep]
-            masks_t = logits_t > threshold
-            del logits_t
+                masks_t = masks_t[keep]
+            runs = crop_runs_transposed(masks_t, crop_box, orig_size, boxes=True)
+            del masks_t
             # (y0, x0, y1, x1) of the transposed masks -> XYXY
-            chunk["boxes"] = batched_mask_to_box(masks_t)[:, [1, 0, 3, 2]]
+            chunk["boxes"] = runs.boxes[:, [1, 0, 3, 2]]
             keep = ~is_box_near_crop_edge(chunk["boxes"], crop_box,
                                           [0, 0, orig_size[1], orig_size[0]])
             if not torch.all(keep):
                 chunk.filter(keep)
-                masks_t = masks_t[keep]
-            chunk["rles"] = uncrop_rles_transposed(masks_t, crop_box, orig_size) \
-                if len(masks_t) else []
-            del masks_t
+                runs = runs.select(keep)
+            chunk["rles"] = rles_from_runs(runs, crop_box, orig_size)
             for key in ("iou_preds", "stability_score", "boxes"):
                 chunk[key] = chunk[key].cpu()
             extend_mask_data(out, chunk)
         return out
+
+    def _upscale_transposed(self, low_res_t: torch.Tensor, input_t: tuple[int, int],
+                            size_t: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transposed ``K x 256 x 256`` logits to transposed boolean masks of ``size_t`` and
+        SAM's stability scores (``K``): on the CPU in one pass per mask with no float image
+        (``inference.mask_upscale``), else through the float logits."""
+        threshold, offset = self.predictor.mask_threshold, self.stability_score_offset
+        frame = self.predictor.prompt_frame
+        fused = mask_upscale.upscale_to_masks(low_res_t, input_t, size_t, frame, threshold,
+                                              count_above=(threshold + offset,
+                                                           threshold - offset))
+        if fused is not None:
+            masks_t, counts = fused
+            # SAM's int32 counts and their float32 ratio
+            counts = counts.to(torch.int32)
+            return masks_t, counts[:, 0] / counts[:, 1]
+        logits_t = geometry.postprocess_masks_lean(low_res_t[:, None], input_t, size_t,
+                                                   frame)[:, 0]
+        stability = calculate_stability_score(logits_t, threshold, offset)
+        return logits_t > threshold, stability
 
     def _low_res_stability(self, low_res: torch.Tensor,
                            input_size: tuple[int, int]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from . import geometry
-from .inference import FastPathOptions, optimize_for_inference
+from .inference import FastPathOptions, mask_upscale, optimize_for_inference
 from .modeling import EfficientViTSam
 from .predictor_inputs import as_flag, as_prompt_batch, as_rgb_image
 
@@ -352,12 +352,19 @@ class EfficientViTSamPredictor:
                 *, lean: bool | None = None) -> torch.Tensor:
         """``B x C x 256 x 256`` logits to ``B x C x H x W`` masks (bool, or logits) in the
         original frame, a few prompts at a time (bounded memory). ``lean`` (default ``fast``):
-        ``geometry.postprocess_masks_lean``, SAM's interpolations bit for bit with less work."""
+        SAM's interpolations bit for bit with less work: boolean masks on the CPU straight
+        from the logits (``inference.mask_upscale``, no float image per mask), else
+        ``geometry.postprocess_masks_lean``."""
         return_logits = as_flag(return_logits, "return_logits")
         h, w = image.original_size
+        lean = self.fast if lean is None else lean
+        if lean and not return_logits:
+            masks = mask_upscale.upscale_to_masks(low_res, image.input_size, image.original_size,
+                                                  self.prompt_frame, self.mask_threshold)
+            if masks is not None:
+                return masks
         step = max(1, _UPSCALE_ELEMENTS // (h * w * max(1, low_res.shape[1])))
         chunks = []
-        lean = self.fast if lean is None else lean
         post = geometry.postprocess_masks_lean if lean else geometry.postprocess_masks
         for i in range(0, len(low_res), step):
             up = post(low_res[i: i + step], image.input_size, image.original_size,

@@ -16,6 +16,7 @@ import re
 import torch
 
 from ..errors import UserError
+from ..inference import mask_upscale
 from ..inference.cpu_features import detect_cpu_features
 from ..inference.optimize import FastPathOptions
 
@@ -46,7 +47,17 @@ def machine_lines() -> list[str]:
         f"MKL {'yes' if torch.backends.mkl.is_available() else 'no'}; "
         f"ATen CPU kernels {torch.backends.cpu.get_cpu_capability()}",
         f"cpu features: {f.summary()}",
+        mask_upscale_line(),
     ]
+
+
+def mask_upscale_line() -> str:
+    """Which code turns the fast predictor's and generator's logits into masks on the CPU."""
+    if mask_upscale.available():
+        return (f"mask upscaling (CPU): compiled, straight to boolean masks (numba "
+                f"{mask_upscale.numba.__version__})")
+    return (f"mask upscaling (CPU): ATen's interpolate, then a threshold (numba unavailable: "
+            f"{mask_upscale.unavailable_reason()})")
 
 
 def _value(v: object) -> str:
