@@ -109,6 +109,16 @@ if numba is not None:
         for c in range(dst.shape[0]):
             dst[c] = src_row[c0[c]] * w0[c] + src_row[c1[c]] * w1[c]
 
+    @numba.njit(nogil=True, cache=True, fastmath={"contract"}, inline="always")
+    def _source_rows(plane, i0, i1, c0, c1, w0, w1, rows, tags):
+        """The horizontal pass of source rows ``i0`` and ``i1`` of ``plane`` into their slots of
+        ``rows`` (row ``i`` in slot ``i & 1``), unless ``tags`` says a slot holds it already."""
+        for i in (i0, i1):
+            slot = i & 1
+            if tags[slot] != i:
+                _horizontal(plane[i], c0, c1, w0, w1, rows[slot])
+                tags[slot] = i
+
     @_jit
     def _masks_kernel(x, items, r0a, r1a, h0a, h1a, c0a, c1a, w0a, w1a, two_stage,
                       r0b, r1b, h0b, h1b, c0b, c1b, w0b, w1b, threshold, out,
@@ -136,12 +146,7 @@ if numba is not None:
                         if tags_b[slot_b] == j:
                             continue
                         # crop row j from stage a, then its horizontal pass of stage b
-                        for t in range(2):
-                            i = r0a[j] if t == 0 else r1a[j]
-                            slot = i & 1
-                            if tags_a[slot] != i:
-                                _horizontal(x[m, i], c0a, c1a, w0a, w1a, rows_a[slot])
-                                tags_a[slot] = i
+                        _source_rows(x[m], r0a[j], r1a[j], c0a, c1a, w0a, w1a, rows_a, tags_a)
                         ra, rb = rows_a[r0a[j] & 1], rows_a[r1a[j] & 1]
                         ha, hb = h0a[j], h1a[j]
                         for c in range(mid.shape[0]):
@@ -151,12 +156,7 @@ if numba is not None:
                     ra, rb = rows_b[r0b[r] & 1], rows_b[r1b[r] & 1]
                     ha, hb = h0b[r], h1b[r]
                 else:
-                    for t in range(2):
-                        i = r0a[r] if t == 0 else r1a[r]
-                        slot = i & 1
-                        if tags_a[slot] != i:
-                            _horizontal(x[m, i], c0a, c1a, w0a, w1a, rows_a[slot])
-                            tags_a[slot] = i
+                    _source_rows(x[m], r0a[r], r1a[r], c0a, c1a, w0a, w1a, rows_a, tags_a)
                     ra, rb = rows_a[r0a[r] & 1], rows_a[r1a[r] & 1]
                     ha, hb = h0a[r], h1a[r]
                 row = out[m, r]
