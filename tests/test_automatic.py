@@ -15,6 +15,7 @@ from torchvision.ops import box_iou
 
 from effvit_sam import EfficientViTSamAutomaticMaskGenerator, build_sam, mask_rle
 from effvit_sam import automatic as automatic_module
+from effvit_sam.inference import mask_upscale
 from effvit_sam.masks import rle_to_mask
 
 from .tiny_sam import smooth_upscaling_, tiny_sam
@@ -41,7 +42,13 @@ def _same(a, b) -> bool:
     dict(points_per_side=4, points_per_batch=5, crop_n_layers=1, box_nms_thresh=1.0,
          crop_n_points_downscale_factor=2, min_mask_region_area=60),
 ], ids=["grid", "crops+small-regions"])
-def test_records_equal_sam_generator(options, monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_records_equal_sam_generator(options, compiled, monkeypatch):
+    if not compiled:  # the paths taken where numba is missing: ATen's resizes, torch's runs
+        monkeypatch.setattr(mask_upscale, "upscale_to_masks", lambda *a, **k: None)
+        monkeypatch.setattr(mask_rle, "mask_runs", lambda *a, **k: None)
+    elif not mask_upscale.available():
+        pytest.skip(f"numba: {mask_upscale.unavailable_reason()}")
     model = smooth_upscaling_(tiny_sam())
     image = _scene()
     # Thresholds off: a random decoder's IoU predictions and stability are low.
