@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -13,8 +15,8 @@ from effvit_sam import EfficientViTSamPredictor, geometry
 from effvit_sam.inference import mask_upscale
 from effvit_sam.tools.env import mask_upscale_line
 
-pytestmark = pytest.mark.skipif(not mask_upscale.available(),
-                                reason=f"numba: {mask_upscale.unavailable_reason()}")
+needs_numba = pytest.mark.skipif(not mask_upscale.available(),
+                                 reason=f"numba: {mask_upscale.unavailable_reason()}")
 
 
 @pytest.fixture
@@ -31,6 +33,7 @@ def _logits(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=g) * 4
 
 
+@needs_numba
 def test_taps_are_atens_weights() -> None:
     i0, i1, w0, w1 = mask_upscale.bilinear_taps(256, 1024)
     # x4: output 4i+k reads inputs (i-1, i) or (i, i+1) at 1/8-step weights; borders clamp
@@ -45,6 +48,7 @@ def test_taps_are_atens_weights() -> None:
         i0[0] = 1  # cached and shared: read-only
 
 
+@needs_numba
 @pytest.mark.parametrize("shape,input_size,original_size", [
     ((4, 3, 256, 256), (768, 1024), (768, 1024)),    # one resize (the crop is the image)
     ((2, 1, 256, 256), (1024, 771), (1024, 771)),    # odd width: a partial last low-res column
@@ -63,6 +67,7 @@ def test_masks_equal_atens_bit_for_bit(two_threads, shape, input_size, original_
         assert 0.2 < got.float().mean() < 0.8  # both sides of the threshold were exercised
 
 
+@needs_numba
 def test_one_thread_and_one_mask_per_prompt(monkeypatch) -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -75,6 +80,7 @@ def test_one_thread_and_one_mask_per_prompt(monkeypatch) -> None:
         torch.set_num_threads(before)
 
 
+@needs_numba
 def test_counts_are_sams_stability_inputs(two_threads) -> None:
     low = _logits(6, 256, 256, seed=1)
     masks, counts = mask_upscale.upscale_to_masks(low, (768, 1024), (600, 800), 1024, 0.0,
@@ -86,6 +92,7 @@ def test_counts_are_sams_stability_inputs(two_threads) -> None:
     assert torch.equal(stability, calculate_stability_score(logits, 0.0, 1.0))
 
 
+@needs_numba
 def test_what_it_declines_and_empty_input() -> None:
     low = _logits(2, 1, 256, 256)
     args = ((768, 1024), (768, 1024), 1024, 0.0)
@@ -96,6 +103,7 @@ def test_what_it_declines_and_empty_input() -> None:
     assert empty.shape == (0, 3, 768, 1024) and empty.dtype == torch.bool
 
 
+@needs_numba
 def test_concurrent_callers_get_their_own_masks(two_threads) -> None:
     lows = [_logits(8, 1, 256, 256, seed=s) for s in range(4)]
     want = [geometry.postprocess_masks(x, (768, 1024), (768, 1024)) > 0 for x in lows]
@@ -112,6 +120,7 @@ def test_concurrent_callers_get_their_own_masks(two_threads) -> None:
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
 
 
+@needs_numba
 def test_the_fast_predictor_uses_it_and_keeps_sams_masks(two_threads, tiny_model,
                                                          monkeypatch) -> None:
     rng = np.random.default_rng(0)
@@ -133,5 +142,26 @@ def test_the_fast_predictor_uses_it_and_keeps_sams_masks(two_threads, tiny_model
     assert logits.dtype == np.float32 and np.array_equal(logits > 0, masks)
 
 
+@needs_numba
 def test_env_names_the_upscaling() -> None:
     assert mask_upscale_line().startswith("mask upscaling (CPU): compiled")
+
+
+def test_without_numba_the_aten_path_gives_the_masks(tmp_path) -> None:
+    script = tmp_path / "no_numba.py"
+    script.write_text("""
+import sys
+sys.modules["numba"] = None  # import numba now raises ImportError, as where it is missing
+import torch
+from effvit_sam import geometry
+from effvit_sam.inference import mask_upscale
+from effvit_sam.tools.env import mask_upscale_line
+assert not mask_upscale.available()
+low = torch.randn(2, 1, 256, 256)
+assert mask_upscale.upscale_to_masks(low, (768, 1024), (768, 1024), 1024, 0.0) is None
+print(mask_upscale_line())
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("mask upscaling (CPU): ATen's interpolate, then a threshold (numba "
+                          "unavailable: ModuleNotFoundError: import of numba halted")
