@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .mask_upscale import _pool, numba
+from .mask_upscale import _map_parts, numba
 
 __all__ = ["MaskRuns", "mask_runs"]
 
@@ -134,23 +134,14 @@ def mask_runs(masks: torch.Tensor, before: int = 0, after: int = 0) -> MaskRuns 
     boxes = np.zeros((k, 4), np.int64)
     offsets = np.zeros(k, np.int64)
     starts = np.zeros(k, np.uint8)
-    workers = max(1, min(torch.get_num_threads(), k))
-    splits = np.linspace(0, k, workers + 1).astype(np.int64)
-    parts = [(int(a), int(b)) for a, b in zip(splits[:-1], splits[1:], strict=True) if b > a]
-    changes = np.zeros(0, np.int64)
 
-    def run(fill: bool):
-        def one(part: tuple[int, int]) -> None:
-            _runs_kernel(data, cols, part[0], part[1], before, after, fill, counts, changes,
-                         offsets, boxes, starts)
-        if len(parts) == 1:
-            one(parts[0])
-        elif parts:
-            list(_pool(len(parts)).map(one, parts))
+    def run(fill: bool, changes: np.ndarray) -> None:
+        _map_parts(k, lambda lo, hi: _runs_kernel(data, cols, lo, hi, before, after, fill,
+                                                  counts, changes, offsets, boxes, starts))
 
-    run(False)
+    run(False, np.zeros(0, np.int64))  # counts, boxes, first values
     offsets[1:] = np.cumsum(counts)[:-1]
     changes = np.empty(int(counts.sum()), np.int64)
-    run(True)
+    run(True, changes)
     return MaskRuns(np.split(changes, offsets[1:]) if k else [], (starts != 0).tolist(),
                     torch.from_numpy(boxes), length)

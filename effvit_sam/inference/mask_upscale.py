@@ -190,13 +190,25 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
         return _POOL[0]
 
 
+def _map_parts(n: int, work) -> None:
+    """``work(lo, hi)`` over ``range(n)`` cut into ``min(torch.get_num_threads(), n)``
+    contiguous parts, on the shared pool (inline when there is one part)."""
+    workers = max(1, min(torch.get_num_threads(), n))
+    splits = np.linspace(0, n, workers + 1).astype(np.int64)
+    parts = [(int(a), int(b)) for a, b in zip(splits[:-1], splits[1:], strict=True) if b > a]
+    if len(parts) == 1:
+        work(*parts[0])
+    elif parts:
+        list(_pool(len(parts)).map(lambda part: work(*part), parts))
+
+
 def _stage_taps(frame: int, low: int, input_size, original_size):
     """Both stages' taps, or None where ATen must do it."""
-    rows_a, cols_a = bilinear_taps(low, frame), bilinear_taps(low, frame)
-    if rows_a is None or cols_a is None:
+    taps_a = bilinear_taps(low, frame)  # the frame is square: rows and columns alike
+    if taps_a is None:
         return None
     h, w = input_size
-    stage_a = tuple(a[:h] for a in rows_a) + tuple(a[:w] for a in cols_a)
+    stage_a = tuple(a[:h] for a in taps_a) + tuple(a[:w] for a in taps_a)
     if tuple(original_size) == (h, w):
         return stage_a, None
     rows_b, cols_b = bilinear_taps(h, original_size[0]), bilinear_taps(w, original_size[1])
@@ -253,18 +265,12 @@ def _run(x: np.ndarray, out: np.ndarray, stage_a, stage_b, in_w: int, threshold:
     two_stage = stage_b is not None
     stage_b = stage_b if two_stage else stage_a  # unused arrays of the right types
 
-    def run(lo_hi: tuple[int, int]) -> None:
-        lo, hi = lo_hi
+    def run(lo: int, hi: int) -> None:
         _masks_kernel(x, items[lo:hi], *stage_a, two_stage, *stage_b, threshold, out,
                       np.empty((2, in_w), np.float32), np.empty(2, np.int64),
                       np.empty(in_w, np.float32), np.empty((2, w), np.float32),
                       np.empty(2, np.int64), count, above, item_counts[lo:hi])
 
-    splits = np.linspace(0, len(items), min(workers, len(items)) + 1).astype(np.int64)
-    parts = [(int(a), int(b)) for a, b in zip(splits[:-1], splits[1:], strict=True) if b > a]
-    if len(parts) == 1:
-        run(parts[0])
-    else:
-        list(_pool(len(parts)).map(run, parts))
+    _map_parts(len(items), run)
     if count:
         np.add.at(counts, items[:, 0], item_counts)
