@@ -56,8 +56,9 @@ def evaluate_miou(model: EfficientViTSam, batches: Iterable[dict], *,
                   clicks: int = 1) -> dict[str, float]:
     """mIoU over every mask of ``batches`` (SA-1B batches) with box and click prompts.
 
-    Scored at the low-res 256 x 256 prompt frame. ``box``: single-mask output. ``1-click``: the
-    centre click, multimask output, the mask with the highest predicted IoU (as SAM's
+    Scored at the low-res prompt frame (256 x 256 for a 64 x 64 embedding). ``box``:
+    single-mask output. ``1-click``: the centre click, multimask output, the mask with the
+    highest predicted IoU (as SAM's
     evaluation does). ``{n}-click`` (``clicks`` > 1): then n - 1 correction clicks from the
     error region (sampled with a fixed-seed generator), feeding back the previous logits.
     """
@@ -75,7 +76,7 @@ def evaluate_miou(model: EfficientViTSam, batches: Iterable[dict], *,
             logits, _ = model.decode(emb, points=None, boxes=batch["boxes"][i].float().to(
                 model.device), mask_input=None, multimask_output=False)
             scores["box"].append(mask_iou(logits[:, 0], masks))
-            coords = pixels_to_points(center_click(masks))[:, None]
+            coords = pixels_to_points(center_click(masks), masks.shape[-1])[:, None]
             labels = torch.ones(len(masks), 1, dtype=torch.int64, device=model.device)
             logits, iou = model.decode(emb, points=(coords, labels), boxes=None,
                                        mask_input=None, multimask_output=True)

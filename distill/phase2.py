@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from effvit_sam.geometry import LOW_RES_MASK_SIZE
 from effvit_sam.inference.decoder import FastMaskDecoder
 from effvit_sam.modeling import EfficientViTSam
 
@@ -39,8 +40,9 @@ from .prompts import (
 class FinetuneStep(nn.Module):
     """``forward(batch, generator) -> (loss, parts)`` for a batch of SA-1B samples.
 
-    batch: ``image`` B x 3 x S x S; per image ``masks`` K x 256 x 256 (bool, low-res prompt
-    frame), ``boxes`` K x 4 (XYXY prompt frame) and ``input_size`` (h, w) in the prompt frame.
+    batch: ``image`` B x 3 x S x S; per image ``masks`` K x M x M (bool, low-res prompt
+    frame, M = the decoder's low-res side: 256 for a 64 x 64 embedding), ``boxes`` K x 4 (XYXY
+    prompt frame) and ``input_size`` (h, w) in the prompt frame.
     """
 
     def __init__(self, sam: EfficientViTSam, prompts: PromptConfig, *, mask_loss: str,
@@ -131,7 +133,8 @@ class FinetuneStep(nn.Module):
 
 
 def make_phase2_loader(cfg: Config, *, encoder_size: int, epoch: int,
-                       shards: str | None = None) -> Iterable[dict]:
+                       shards: str | None = None,
+                       mask_size: int = LOW_RES_MASK_SIZE) -> Iterable[dict]:
     from .sa1b import collate_sa1b, sa1b_dataset
 
     seed = cfg.train.seed + epoch
@@ -139,7 +142,7 @@ def make_phase2_loader(cfg: Config, *, encoder_size: int, epoch: int,
     dataset = sa1b_dataset(expand_urls(shards or data.shards), encoder_size=encoder_size,
                            max_masks=data.max_masks, seed=cfg.train.seed,
                            resampled=data.resampled, epoch_length=data.epoch_length,
-                           shuffle_buffer=data.shuffle_buffer)
+                           shuffle_buffer=data.shuffle_buffer, mask_size=mask_size)
     dataset.set_epoch(epoch)
     return DataLoader(dataset, batch_size=data.batch_size, num_workers=data.num_workers,
                       collate_fn=collate_sa1b, drop_last=True,
@@ -154,5 +157,6 @@ def phase2_task(cfg: Config, accelerator) -> Task:
                         focal_weight=cfg.train.focal_weight, dice_weight=cfg.train.dice_weight,
                         iou_weight=cfg.train.iou_weight, fast_decoder=cfg.train.fast_decoder)
     return Task(model=model, step_module=step,
-                make_loader=lambda epoch: make_phase2_loader(cfg, encoder_size=model.encoder_size,
-                                                             epoch=epoch))
+                make_loader=lambda epoch: make_phase2_loader(
+                    cfg, encoder_size=model.encoder_size, epoch=epoch,
+                    mask_size=model.prompt_encoder.mask_input_size[0]))

@@ -1,8 +1,10 @@
 """Phase-2 prompt sampling from ground-truth masks, always with a seeded ``torch.Generator``.
 
-Masks arrive in the low-resolution prompt frame (``K x 256 x 256``: SAM's padded 1024 frame
-divided by :data:`LOW_RES_STRIDE`). A low-res pixel ``(row, col)`` is the prompt-frame point at
-the centre of its 4x4 cell, ``(x, y) = (col * 4 + 2, row * 4 + 2)``.
+Masks arrive in the low-resolution prompt frame: SAM's padded 1024 frame divided by a stride,
+``K x 256 x 256`` (stride :data:`LOW_RES_STRIDE`, 4) for a 64 x 64 embedding, ``K x 384 x 384``
+(stride 8/3) for a model whose embedding is 96 x 96; the stride is read from the masks' width.
+A low-res pixel ``(row, col)`` is the prompt-frame point at the centre of its cell, ``(x, y) =
+((col + 1/2) * stride, (row + 1/2) * stride)``: ``(col * 4 + 2, row * 4 + 2)`` at 256.
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ from eval.clicks import first_click, next_click
 LOW_RES_STRIDE = PROMPT_FRAME // LOW_RES_MASK_SIZE
 
 
+def low_res_stride(width: int) -> float:
+    """Prompt-frame pixels per low-res pixel for masks ``width`` wide (4.0 at 256)."""
+    return PROMPT_FRAME / width
+
+
 def pixels_to_points(flat_index: torch.Tensor, width: int = LOW_RES_MASK_SIZE) -> torch.Tensor:
-    """Flat low-res pixel indices (``...``) to prompt-frame ``(x, y)`` points (``... x 2``)."""
+    """Flat low-res pixel indices (``...``) of masks ``width`` wide to prompt-frame ``(x, y)``
+    points (``... x 2``)."""
     rows = torch.div(flat_index, width, rounding_mode="floor")
     cols = flat_index % width
-    half = LOW_RES_STRIDE / 2
-    return torch.stack([cols * LOW_RES_STRIDE + half, rows * LOW_RES_STRIDE + half], -1).float()
+    stride = low_res_stride(width)
+    return torch.stack([(cols + 0.5) * stride, (rows + 0.5) * stride], -1).float()
 
 
 def sample_in_regions(regions: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
@@ -40,7 +48,7 @@ def sample_in_regions(regions: torch.Tensor, num: int, generator: torch.Generato
 
 def sample_points(masks: torch.Tensor, num: int, generator: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num`` positive clicks inside each of ``K x 256 x 256`` masks.
+    """``num`` positive clicks inside each of ``K x H x W`` low-res masks (``H = W``).
 
     Returns ``(coords K x num x 2, labels K x num)`` in the prompt frame.
     """
@@ -56,7 +64,7 @@ def near_negatives(masks: torch.Tensor, boxes: torch.Tensor, num: int,
     Returns ``K x num x 2`` prompt-frame points (a mask filling its grown box gets its centre
     pixel, see :func:`sample_in_regions`)."""
     k, height, width = masks.shape
-    low = (boxes / LOW_RES_STRIDE).to(masks.device)
+    low = (boxes / low_res_stride(width)).to(masks.device)
     grow = torch.stack([low[:, 2] - low[:, 0], low[:, 3] - low[:, 1]] * 2, 1) * 0.5
     grown = low + grow * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=masks.device)
     rows = torch.arange(height, device=masks.device)[None, :, None] + 0.5
@@ -94,7 +102,7 @@ def correction_clicks(pred_logits: torch.Tensor, masks: torch.Tensor,
                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One corrective click per prompt, sampled uniformly from the error region.
 
-    ``pred_logits``: ``K x 256 x 256`` previous prediction; ``masks``: ``K x 256 x 256`` truth.
+    ``pred_logits``: ``K x H x W`` previous low-res prediction; ``masks``: ``K x H x W`` truth.
     A pixel the prediction missed (false negative) becomes a positive click (label 1), one it
     wrongly covered (false positive) a negative click (label 0). Where the prediction is already
     perfect the click lands inside the mask as a positive (it confirms, as a user would).
@@ -118,7 +126,8 @@ def farthest_correction_clicks(pred_logits: torch.Tensor, masks: torch.Tensor
     Where the prediction is exact the click confirms at the mask's innermost pixel (label 1);
     an empty mask gets its centre pixel, label 0. Deterministic: no generator.
 
-    ``pred_logits``, ``masks``: ``K x 256 x 256``. Returns ``(coords K x 1 x 2, labels K x 1)``.
+    ``pred_logits``, ``masks``: ``K x H x W`` (low-res). Returns ``(coords K x 1 x 2, labels
+    K x 1)``.
     """
     pred = (pred_logits > 0).cpu().numpy()
     truth = masks.bool().cpu().numpy()

@@ -5,10 +5,11 @@ Each SA-1B sample is a ``sa_<id>.jpg`` + ``sa_<id>.json`` pair in a tar shard (s
 
 * ``key``: the sample's stem, e.g. ``"sa_42"``;
 * ``image``: float32 ``3 x S x S`` encoder input (``geometry.preprocess_image``);
-* ``masks``: bool ``K x 256 x 256`` in the decoder's low-res prompt frame
-  (``geometry.mask_to_low_res``), ``1 <= K <= max_masks``, sampled without replacement by a
+* ``masks``: bool ``K x M x M`` in the decoder's low-res prompt frame
+  (``geometry.mask_to_low_res``; ``M = mask_size``, 256 for a 64 x 64 embedding, four times the
+  embedding side in general), ``1 <= K <= max_masks``, sampled without replacement by a
   generator seeded from ``(seed, epoch, key)``; annotations too small to survive the reduction
-  to 256 x 256 are passed over;
+  to M x M are passed over;
 * ``boxes``: float32 ``K x 4`` XYXY in the 1024 prompt frame, from each RLE's pixel extent
   (``x0, y0, x0 + w, y0 + h`` in the original frame, the COCO ``bbox`` convention);
 * ``original_size`` ``(H, W)``, ``input_size`` ``(h, w)`` (prompt frame);
@@ -43,6 +44,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from effvit_sam.geometry import (
+    LOW_RES_MASK_SIZE,
     PROMPT_FRAME,
     apply_boxes,
     mask_to_low_res,
@@ -106,7 +108,8 @@ def _stable_seed(*parts: object) -> int:
 
 
 def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, epoch: int = 0,
-                  keep_raw: bool = False, skip_counts: Counter | None = None) -> dict:
+                  keep_raw: bool = False, skip_counts: Counter | None = None,
+                  mask_size: int = LOW_RES_MASK_SIZE) -> dict:
     """Turn one raw webdataset sample (``__key__``, ``jpg``, ``json`` bytes) into a training
     sample (fields in the module docstring). Raises :class:`SkipSample` on unusable data.
 
@@ -146,14 +149,15 @@ def decode_sample(raw: dict, *, encoder_size: int, max_masks: int, seed: int, ep
         chosen = [rles[i] for i in chunk]
         full = rles_to_masks(chosen, height, width)  # k x H x W
         xywh = np.array([rle_to_box_xywh(rle) for rle in chosen]).reshape(-1, 4)
-        low = mask_to_low_res(full)
-        keep = low.flatten(1).any(1)  # masks too small for 256 x 256 give no training signal
+        low = mask_to_low_res(full, low_res=mask_size)
+        keep = low.flatten(1).any(1)  # masks too small for M x M give no training signal
         masks.append(low[keep])
         boxes.append(torch.from_numpy(xywh)[keep])
         found += int(keep.sum())
     masks_t = torch.cat(masks)[:max_masks]
     if len(masks_t) == 0:
-        raise SkipSample("no_annotations", f"{key}: every mask vanishes at 256 x 256")
+        raise SkipSample("no_annotations", f"{key}: every mask vanishes at {mask_size} x "
+                          f"{mask_size}")
     xywh = torch.cat(boxes)[:max_masks].double()
     xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).numpy()
     sample = {
@@ -220,10 +224,12 @@ class SA1BDataset(IterableDataset):
     def __init__(self, urls: str | list[str], *, encoder_size: int, max_masks: int,
                  seed: int = 0, resampled: bool = False, epoch_length: int | None = None,
                  shuffle_buffer: int = 0, keep_raw: bool = False, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, mask_size: int = LOW_RES_MASK_SIZE) -> None:
         super().__init__()
         if max_masks < 1:
             raise ValueError(f"max_masks must be >= 1, got {max_masks}")
+        if mask_size < 1:
+            raise ValueError(f"mask_size must be >= 1, got {mask_size}")
         if encoder_size < 1:
             raise ValueError(f"encoder_size must be >= 1, got {encoder_size}")
         if epoch_length is not None and epoch_length < 1:
@@ -237,6 +243,7 @@ class SA1BDataset(IterableDataset):
         self.encoder_size, self.max_masks, self.seed = encoder_size, max_masks, seed
         self.resampled, self.epoch_length = resampled, epoch_length
         self.shuffle_buffer, self.keep_raw = shuffle_buffer, keep_raw
+        self.mask_size = mask_size
         self.epoch = 0
         if len(self.urls) < self.world_size:
             raise ValueError(f"{len(self.urls)} shards cannot be split over {self.world_size} "
@@ -288,7 +295,7 @@ class SA1BDataset(IterableDataset):
                     sample = decode_sample(item, encoder_size=self.encoder_size,
                                            max_masks=self.max_masks, seed=self.seed,
                                            epoch=self.epoch, keep_raw=self.keep_raw,
-                                           skip_counts=counts)
+                                           skip_counts=counts, mask_size=self.mask_size)
                 except SkipSample as skip:
                     counts[skip.reason] += 1
                     logger.warning("skipping SA-1B sample (%s)", skip)
@@ -351,16 +358,19 @@ def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[
 def sa1b_dataset(urls: str | list[str], *, encoder_size: int, max_masks: int, seed: int = 0,
                  resampled: bool = False, epoch_length: int | None = None,
                  shuffle_buffer: int = 0, keep_raw: bool = False, rank: int | None = None,
-                 world_size: int | None = None) -> SA1BDataset:
+                 world_size: int | None = None,
+                 mask_size: int = LOW_RES_MASK_SIZE) -> SA1BDataset:
     """SA-1B shards (local paths, brace patterns, ``pipe:`` or http urls) as a dataset.
 
-    ``epoch_length`` is per rank. ``rank`` / ``world_size`` default to ``torch.distributed``
-    or the RANK / WORLD_SIZE environment. Splitting and lengths: see :class:`SA1BDataset`.
+    ``mask_size``: the side of the low-res target masks, the model's ``4 x`` embedding side
+    (``prompt_encoder.mask_input_size``). ``epoch_length`` is per rank. ``rank`` /
+    ``world_size`` default to ``torch.distributed`` or the RANK / WORLD_SIZE environment.
+    Splitting and lengths: see :class:`SA1BDataset`.
     """
     return SA1BDataset(urls, encoder_size=encoder_size, max_masks=max_masks, seed=seed,
                        resampled=resampled, epoch_length=epoch_length,
                        shuffle_buffer=shuffle_buffer, keep_raw=keep_raw, rank=rank,
-                       world_size=world_size)
+                       world_size=world_size, mask_size=mask_size)
 
 
 def collate_sa1b(samples: list[dict]) -> dict:

@@ -127,6 +127,23 @@ def test_phase2_smoke_run_lowers_the_mask_loss(shards, tmp_path) -> None:
     assert all("mask_last_round" in r and "iou_mse" in r for r in rows)
 
 
+def test_phase2_at_a_finer_embedding_trains_on_its_own_mask_side(shards, tmp_path) -> None:
+    """A 384 input with a 96 x 96 embedding (``model.input_size`` and ``model.sizes``): the
+    targets come at the decoder's 384 x 384 low-res side and the mask loss falls."""
+    out = tmp_path / "p2_384"
+    recipe = tmp_path / "fine.yaml"
+    recipe.write_text("base: smoke_phase2\nmodel:\n  input_size: 384\n  sizes:\n"
+                      "    encoder.embed_size: 96\n")
+    run(load_config(str(recipe), [f"data.shards={shards}", "train.steps=8",
+                                  "data.max_masks=4", "prompts.iterative_rounds=1",
+                                  f"run.out_dir={out}"]))
+    mask = [r["mask"] for r in _metrics(out)]
+    assert sum(mask[-3:]) / 3 < 0.95 * sum(mask[:3]) / 3, mask
+    model = from_pretrained(out / "pretrained")
+    assert model.encoder_size == 384
+    assert tuple(model.prompt_encoder.mask_input_size) == (384, 384)
+
+
 def _run_until_killed(args: list[str], out_dir: Path, kill_after_step: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "distill", *args], cwd=ROOT, env=env,

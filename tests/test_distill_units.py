@@ -21,6 +21,7 @@ from distill.plots import plot_loss_curves, read_metrics
 from distill.prompts import (
     correction_clicks,
     jitter_boxes,
+    near_negatives,
     pixels_to_points,
     sample_points,
 )
@@ -290,6 +291,22 @@ def test_multimask_all_decodes_every_prompt_with_three_outputs(multimask_all, bo
 def test_pixels_to_points_uses_cell_centres() -> None:
     assert pixels_to_points(torch.tensor([0, 256 * 3 + 5])).tolist() == [[2.0, 2.0],
                                                                            [22.0, 14.0]]
+    # masks of a 96 x 96 embedding (384 x 384): cells of 1024 / 384 = 8/3 prompt-frame pixels
+    got = pixels_to_points(torch.tensor([0, 384 * 383 + 383]), 384)
+    assert torch.allclose(got, torch.tensor([[4 / 3, 4 / 3], [1024 - 4 / 3] * 2]))
+
+
+def test_near_negatives_follow_the_masks_stride() -> None:
+    masks = torch.zeros(1, 384, 384, dtype=torch.bool)
+    masks[0, 120:150, 60:90] = True  # prompt-frame box x 160..240, y 320..400 (stride 8/3)
+    box = torch.tensor([[160.0, 320.0, 240.0, 400.0]])
+    points = near_negatives(masks, box, 200, torch.Generator().manual_seed(0))[0]
+    cells = (points / (1024 / 384) - 0.5).round().long()
+    assert not masks[0, cells[:, 1], cells[:, 0]].any()  # outside the mask
+    # inside the box grown by half its size on each side: cells 45..105 x 105..165
+    assert cells[:, 0].min() >= 45 and cells[:, 0].max() <= 105
+    assert cells[:, 1].min() >= 105 and cells[:, 1].max() <= 165
+    assert cells[:, 0].max() - cells[:, 0].min() > 40  # spread over it, not bunched
 
 
 def test_sample_points_lie_inside_their_masks_and_are_seeded() -> None:

@@ -111,6 +111,24 @@ def test_sample_fields_shapes_and_frames(shards):
                                                      (y + bh) * sy]))
 
 
+def test_mask_size_sets_the_targets_side(shards):
+    """A model with a 96 x 96 embedding trains on 384 x 384 targets: the same annotations,
+    sampled alike, reduced to the finer frame; the boxes do not change."""
+    base = list(sa1b_dataset(shards[0], encoder_size=ENC, max_masks=4))
+    fine = list(sa1b_dataset(shards[0], encoder_size=384, max_masks=4, mask_size=384))
+    members = raw_members(shards[0])
+    assert [s["key"] for s in fine] == [s["key"] for s in base]
+    for coarse, s in zip(base, fine, strict=True):
+        assert s["masks"].shape[1:] == (384, 384) and len(s["masks"]) == len(coarse["masks"])
+        assert torch.equal(s["boxes"], coarse["boxes"])
+        anns = members[s["key"]]["json"]["annotations"]
+        full = np.stack([mask_util.decode(a["segmentation"]) for a in anns]) > 0
+        low = mask_to_low_res(full, low_res=384)
+        assert all(any(torch.equal(m, cand) for cand in low) for m in s["masks"])
+    with pytest.raises(ValueError, match="mask_size"):
+        sa1b_dataset(shards[0], encoder_size=ENC, max_masks=4, mask_size=0)
+
+
 def test_mask_sampling_reproducible_and_bounded(shards):
     def masks(seed: int, epoch: int = 0, max_masks: int = 2) -> list[torch.Tensor]:
         dataset = sa1b_dataset(shards[0], encoder_size=ENC, max_masks=max_masks, seed=seed)
