@@ -58,9 +58,9 @@ def evaluate_miou(model: EfficientViTSam, batches: Iterable[dict], *,
 
     Scored at the low-res prompt frame (256 x 256 for a 64 x 64 embedding). ``box``:
     single-mask output. ``1-click``: the centre click, multimask output, the mask with the
-    highest predicted IoU (as SAM's
-    evaluation does). ``{n}-click`` (``clicks`` > 1): then n - 1 correction clicks from the
-    error region (sampled with a fixed-seed generator), feeding back the previous logits.
+    highest predicted IoU (as SAM's evaluation does). ``{n}-click`` (``clicks`` > 1): then n - 1
+    correction clicks from the error region (sampled with a fixed-seed generator), feeding back
+    the previous logits.
     """
     was_training = model.training
     model.eval()

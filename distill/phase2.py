@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from effvit_sam.geometry import LOW_RES_MASK_SIZE
 from effvit_sam.inference.decoder import FastMaskDecoder
 from effvit_sam.modeling import EfficientViTSam
 
@@ -132,9 +131,10 @@ class FinetuneStep(nn.Module):
         return torch.stack(losses).mean(), parts
 
 
-def make_phase2_loader(cfg: Config, *, encoder_size: int, epoch: int,
-                       shards: str | None = None,
-                       mask_size: int = LOW_RES_MASK_SIZE) -> Iterable[dict]:
+def make_phase2_loader(cfg: Config, *, encoder_size: int, mask_size: int, epoch: int,
+                       shards: str | None = None) -> Iterable[dict]:
+    """Batches for one epoch; ``mask_size``: the model's low-res mask side (its
+    ``prompt_encoder.mask_input_size``), at which the targets are read."""
     from .sa1b import collate_sa1b, sa1b_dataset
 
     seed = cfg.train.seed + epoch
