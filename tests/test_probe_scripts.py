@@ -101,3 +101,43 @@ def test_wafer_zoom_on_a_small_wafer(made_set) -> None:
     # windows stay inside the image and are centred where they can be
     assert zoom.window_around(10.0, 500.0, 64, 512, 512) == (0, 448, 64, 512)
     assert zoom.window_around(200.5, 300.0, 64, 512, 512) == (168, 268, 232, 332)
+
+
+@pytest.mark.parametrize("feed", [False, True])
+def test_click_rounds_matches_the_point_evaluation(made_set, feed: bool) -> None:
+    """The probe's kept-mask mIoU per round is ``eval point``'s own (same clicks, same choice),
+    its oracle is never below it, and every correction click is counted once by its sign."""
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    from effvit_sam import from_pretrained
+    from eval.datasets import Instance
+    from eval.predictors import SamBatchPredictor
+    from eval.runner import eval_image_clicks
+
+    _, ann, images = made_set  # the bundled (trained) model: a random one masks everything
+    model_dir = SCRIPTS.parents[1] / "effvit_sam" / "bundled" / "efficientvit-sam-mini"
+    report = _script("click_rounds").main(str(model_dir), str(ann), str(images), 2,
+                                          feed_logits=feed)
+    coco = COCO(str(ann))
+    predictor = SamBatchPredictor(from_pretrained(model_dir).eval())
+    rounds = []
+    for img_id in coco.getImgIds()[:2]:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=False))
+        image = np.asarray(Image.open(images / coco.loadImgs(img_id)[0]["file_name"])
+                           .convert("RGB"))
+        instances = [Instance(a["id"], img_id, a["category_id"], np.zeros(4), a["area"], {})
+                     for a in anns]
+        gts = [coco.annToMask(a).astype(bool) for a in anns]
+        rounds += [r.ious for r in eval_image_clicks(predictor, image, instances, gts,
+                                                      num_clicks=3, feed_logits=feed)]
+    overall = report["all"]
+    assert overall["instances"] == len(rounds) == len(coco.getAnnIds(iscrowd=False))
+    want = [round(100 * float(np.mean([r[k] for r in rounds])), 2) for k in range(3)]
+    assert overall["mIoU_by_round"] == pytest.approx(want, abs=0.011)
+    assert all(o >= k - 1e-9 for o, k in zip(overall["oracle_mIoU_by_round"],
+                                              overall["mIoU_by_round"], strict=True))
+    counted = overall["positive_clicks"]["count"] + overall["negative_clicks"]["count"]
+    assert 0 < counted <= 2 * len(rounds)
+    per_category = sum(v["instances"] for k, v in report.items() if k != "all")
+    assert per_category == len(rounds)
