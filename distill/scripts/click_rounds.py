@@ -56,9 +56,8 @@ def main(model_dir: str, annotations: str, images: str, num_images: int, *,
             masks, scores, low_res = predictor.predict_batch(
                 points=coords, labels=labels, mask_input=previous, multimask_output=True)
             chosen = best_masks(masks, scores)
-            if feed_logits:
-                pick = np.argmax(scores, axis=1)
-                previous = low_res[np.arange(len(gts)), pick][:, None]
+            if feed_logits:  # the kept mask's logits, as eval point's predict_best gives them
+                previous = best_masks(low_res, scores)[:, None]
             for i, gt in enumerate(gts):
                 ious[i].append(mask_iou(chosen[i], gt))
                 best3[i].append(max(mask_iou(m, gt) for m in masks[i]))
